@@ -1,0 +1,42 @@
+"""mixq: vendor-neutral mixed-precision quantization for PyTorch and ONNX models.
+
+Example:
+    >>> import torch, mixq
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+    >>> x = torch.randn(8, 4)
+    >>> sim = mixq.quantize(model, (x,), "int8")
+    >>> sim = sim.calibrate([(x,)], progress=False)
+    >>> sim(x).shape
+    torch.Size([8, 4])
+"""
+
+from mixq import primitives
+from mixq.api import quantize
+from mixq.config import Config, Granularity, Precision, Request, Scheme
+from mixq.errors import CalibrationError, CaptureError, ConfigError, ConflictError, MixqError
+from mixq.plan import OpPlan, Plan
+from mixq.qtypes import QTYPES, QType, qtype
+from mixq.table import Table
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "QTYPES",
+    "CalibrationError",
+    "CaptureError",
+    "Config",
+    "ConfigError",
+    "ConflictError",
+    "Granularity",
+    "MixqError",
+    "OpPlan",
+    "Plan",
+    "Precision",
+    "QType",
+    "Request",
+    "Scheme",
+    "Table",
+    "primitives",
+    "qtype",
+    "quantize",
+]

@@ -1,0 +1,70 @@
+"""The front door: `quantize` picks the backend, captures, resolves and builds the Sim.
+
+Example:
+    >>> import torch, mixq
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+    >>> sim = mixq.quantize(model, (torch.randn(2, 4),), {"default": "int8",
+    ...                                                   "ops": {"0": {"activation": "int16"}}})
+    >>> sim.plan["0"].output
+    ('int16',)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mixq.config import Config
+from mixq.errors import ConfigError
+from mixq.graph.ir import Graph
+from mixq.graph.resolve import resolve
+from mixq.plan import Plan
+
+__all__ = ["quantize"]
+
+ConfigLike = Config | Plan | dict[str, Any] | str | Path | None
+
+
+def _plan_for(graph: Graph, config: ConfigLike) -> Plan:
+    if isinstance(config, Plan):
+        return _check_plan(graph, config, "the plan")
+    if isinstance(config, (str, Path)) and str(config).endswith((".yaml", ".yml")) \
+            and Plan.is_plan_file(config):
+        return _check_plan(graph, Plan.load(config), str(config))
+    return resolve(graph, Config.coerce(config))
+
+
+def _check_plan(graph: Graph, plan: Plan, source: str) -> Plan:
+    expected = {op.name for op in graph if graph.is_quantizable(op)}
+    missing, extra = sorted(expected - set(plan.ops)), sorted(set(plan.ops) - expected)
+    if missing or extra:
+        raise ConfigError(f"{source} does not match this model: ops missing from the plan "
+                          f"{missing[:5]}, ops in the plan but not in the model {extra[:5]}. "
+                          "Was it saved for another model or version? Re-run `mixq plan`")
+    return plan
+
+
+def quantize(model: Any, example_inputs: Any, config: ConfigLike = None, strict: bool = True,
+             transforms: list[str] | None = None) -> Any:
+    """Capture ``model``, resolve ``config`` into a Plan and build the simulated model.
+
+    Args:
+        model: a ``torch.nn.Module`` (never modified) or a path to an ``.onnx`` file.
+        example_inputs: a tensor, a tuple of inputs or a dict of keyword inputs.
+        config: a `Config`, a dict, a precision name (``"int8"``), a config YAML, a saved
+            plan YAML, or a `Plan`. None means all int8.
+        strict: conflicts raise `ConflictError` instead of being adjusted.
+        transforms: float-exact rewrites applied before calibration (not available yet).
+
+    Returns:
+        The `Sim`; call ``sim.calibrate(batches)`` before running it quantized.
+    """
+    if transforms:
+        raise NotImplementedError(f"transforms {transforms} are not implemented yet")
+    if isinstance(model, (str, Path)):
+        raise NotImplementedError("ONNX models are not supported yet; pass a torch.nn.Module")
+    from mixq.torch.capture import capture
+    from mixq.torch.sim import Sim
+
+    captured = capture(model, example_inputs)
+    return Sim(captured, _plan_for(captured.graph, config))

@@ -1,0 +1,90 @@
+"""Fusion groups: ops a compiler runs as one kernel, with no quantizer between them.
+
+Patterns, each link only through a tensor with a single consumer (identity ops such as
+dropout in eval mode are skipped over):
+
+- conv / conv_transpose / linear, then optional batch_norm, optional residual add,
+  optional relu-like activation;
+- add or batch_norm, then optional relu-like activation.
+
+Example:
+    >>> from mixq.graph.ir import Graph, Op
+    >>> g = Graph(); g.add_input("x", "float32")
+    >>> g.add_op(Op("conv", "conv", inputs=["x"], outputs=["conv"]))
+    >>> g.add_op(Op("bn", "batch_norm", inputs=["conv"], outputs=["bn"]))
+    >>> g.add_op(Op("relu", "relu", inputs=["bn"], outputs=["relu"]))
+    >>> find_fusion_groups(g)["bn"].ops
+    ('conv', 'bn', 'relu')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mixq.graph.ir import Graph, Op
+from mixq.graph.kinds import FUSABLE_ACTIVATIONS
+
+__all__ = ["FusionGroup", "find_fusion_groups"]
+
+_ANCHORS = frozenset({"conv", "conv_transpose", "linear"})
+_IDENTITY = frozenset({"dropout", "identity", "contiguous", "clone", "alias", "detach"})
+
+
+@dataclass(frozen=True)
+class FusionGroup:
+    """Ops fused into one kernel; only ``output`` (the last op's tensor) is quantized."""
+
+    ops: tuple[str, ...]
+    output: str
+
+    @property
+    def anchor(self) -> str:
+        return self.ops[0]
+
+
+def _stages(kind: str) -> list[frozenset[str]]:
+    if kind in _ANCHORS:
+        return [frozenset({"batch_norm"}), frozenset({"add"}), FUSABLE_ACTIVATIONS]
+    if kind in {"add", "batch_norm"}:
+        return [FUSABLE_ACTIVATIONS]
+    return []
+
+
+def _next_op(graph: Graph, tensor: str) -> tuple[list[str], Op | None]:
+    """The single consumer of ``tensor``, skipping identity ops; also the skipped ops."""
+    skipped: list[str] = []
+    while True:
+        consumers = graph.consumers(tensor)
+        if len(consumers) != 1 or tensor in graph.outputs:
+            return skipped, None
+        op = consumers[0]
+        if op.kind not in _IDENTITY or len(op.outputs) != 1:
+            return skipped, op
+        skipped.append(op.name)
+        tensor = op.outputs[0]
+
+
+def _grow(graph: Graph, start: Op, taken: set[str]) -> list[str]:
+    members = [start.name]
+    for stage in _stages(start.kind):
+        tail = graph.ops[members[-1]]
+        if len(tail.outputs) != 1:
+            break
+        skipped, nxt = _next_op(graph, tail.outputs[0])
+        if nxt is not None and nxt.kind in stage and nxt.name not in taken:
+            members += [*skipped, nxt.name]
+    return members
+
+
+def find_fusion_groups(graph: Graph) -> dict[str, FusionGroup]:
+    """Map every op name to its group (single ops form a group of one)."""
+    groups: dict[str, FusionGroup] = {}
+    for op in graph:
+        if op.name in groups:
+            continue
+        members = _grow(graph, op, set(groups))
+        last = graph.ops[members[-1]]
+        group = FusionGroup(tuple(members), last.outputs[0] if last.outputs else "")
+        for name in members:
+            groups[name] = group
+    return groups

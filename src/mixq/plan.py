@@ -1,0 +1,138 @@
+"""The resolved precision of every op, and how each decision was reached.
+
+A Plan is what `mixq plan` prints and what the Sim is built from. It saves as YAML with a
+version and reloads to an equal Plan.
+
+Example:
+    >>> p = Plan(ops={"fc": OpPlan("fc", "linear", "fc", ("int8",), ("int16",),
+    ...                            {"weight": "int8"}, "ops['fc']")})
+    >>> p["fc"].output
+    ('int16',)
+    >>> Plan.from_dict(p.to_dict()) == p
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mixq.config import Precision, Scheme, _check_keys, _read_yaml
+from mixq.errors import ConfigError
+from mixq.table import Table
+
+__all__ = ["PLAN_VERSION", "OpPlan", "Plan"]
+
+PLAN_VERSION = 1
+
+
+@dataclass(frozen=True, eq=True)
+class OpPlan:
+    """Precision of one op: per float input, per float output, per weight role.
+
+    ``rule`` says how it was decided: ``default``, the request that named it, or
+    ``inherits <tensor>`` for data-movement ops and ``group <anchor>`` for fused members.
+    """
+
+    name: str
+    kind: str
+    module: str
+    input: tuple[str, ...]
+    output: tuple[str, ...]
+    weight: dict[str, str] = field(default_factory=dict)
+    rule: str = "default"
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input"], d["output"] = list(self.input), list(self.output)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> OpPlan:
+        _check_keys(data, cls, f"plan op {data.get('name', '?')!r}")
+        return cls(name=data["name"], kind=data["kind"], module=data.get("module", ""),
+                   input=tuple(data.get("input", ())), output=tuple(data.get("output", ())),
+                   weight=dict(data.get("weight") or {}), rule=data.get("rule", "default"))
+
+
+@dataclass
+class Plan:
+    ops: dict[str, OpPlan] = field(default_factory=dict)
+    default: Precision = field(default_factory=lambda: Precision("int8", "int8"))
+    scheme: Scheme = field(default_factory=Scheme)
+    target: str = "generic"
+    version: int = PLAN_VERSION
+
+    def __getitem__(self, name: str) -> OpPlan:
+        try:
+            return self.ops[name]
+        except KeyError:
+            raise KeyError(f"no op named {name!r} in the plan") from None
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.ops.values())
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def table(self) -> Table:
+        """One row per op: name, kind, module, input, output, weight, rule."""
+        rows = [{"name": o.name, "kind": o.kind, "module": o.module, "input": list(o.input),
+                 "output": list(o.output), "weight": dict(o.weight), "rule": o.rule}
+                for o in self.ops.values()]
+        return Table(rows, title="plan",
+                     columns=["name", "kind", "module", "input", "output", "weight", "rule"])
+
+    def precision_counts(self) -> dict[str, int]:
+        """How many op outputs run at each precision (a quick summary)."""
+        counts: dict[str, int] = {}
+        for op in self.ops.values():
+            for p in op.output:
+                counts[p] = counts.get(p, 0) + 1
+        return counts
+
+    def to_dict(self) -> dict[str, Any]:
+        scheme = asdict(self.scheme)
+        scheme["weight_granularity"] = self.scheme.weight_granularity.value
+        return {"mixq_plan": self.version, "target": self.target,
+                "default": asdict(self.default), "scheme": scheme,
+                "ops": [o.to_dict() for o in self.ops.values()]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        if "mixq_plan" not in data:
+            raise ConfigError("not a mixq plan (no 'mixq_plan' version key); a config file "
+                              "is loaded with mixq.Config.load")
+        version = int(data["mixq_plan"])
+        if version > PLAN_VERSION:
+            raise ConfigError(f"plan version {version} is newer than this mixq understands "
+                              f"({PLAN_VERSION}); upgrade mixq")
+        allowed = {"mixq_plan", "target", "default", "scheme", "ops"}
+        if set(data) - allowed:
+            raise ConfigError(f"unknown key(s) {sorted(set(data) - allowed)} in plan; allowed "
+                              f"keys are {sorted(allowed)}")
+        ops = [OpPlan.from_dict(o) for o in data.get("ops") or []]
+        return cls(ops={o.name: o for o in ops},
+                   default=Precision.parse(data.get("default", "int8"), "default"),
+                   scheme=Scheme(**(data.get("scheme") or {})),
+                   target=str(data.get("target", "generic")), version=version)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, width=100))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        return cls.from_dict(_read_yaml(path))
+
+    @staticmethod
+    def is_plan_file(path: str | Path) -> bool:
+        """True if the YAML file at ``path`` is a saved Plan rather than a Config."""
+        return "mixq_plan" in _read_yaml(path)
+

@@ -1,0 +1,210 @@
+"""Quantizer modules the Sim inserts at each quantization point.
+
+A quantizer consumes a range (from an observer, a fixed range, or the weight itself) and
+fake-quantizes; observing is a separate mode the calibration switches on and off.
+
+Example:
+    >>> import torch
+    >>> from mixq.graph.points import QuantPoint
+    >>> q = ActivationQuantizer(QuantPoint("x", "activation", "x", "int8"))
+    >>> q.set_range(-1.0, 1.0)
+    >>> q(torch.tensor([0.5004])).item() == q(torch.tensor([0.5])).item()
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from mixq import primitives as P
+from mixq.errors import CalibrationError
+from mixq.graph.points import QuantPoint
+from mixq.observers import Observer, make_observer
+from mixq.qtypes import qtype
+
+__all__ = ["ActivationQuantizer", "Quantizer", "WeightQuantizer"]
+
+
+class Quantizer(nn.Module):
+    """Base: a point, its precision, an on/off switch and (for integers) scale / zero point."""
+
+    def __init__(self, point: QuantPoint) -> None:
+        super().__init__()
+        self.point = point
+        self.qtype = qtype(point.precision)
+        self.enabled = True
+        self.register_buffer("scale", None)
+        self.register_buffer("zero_point", None)
+
+    @property
+    def name(self) -> str:
+        return self.point.name
+
+    @property
+    def has_qparams(self) -> bool:
+        return self.qtype.is_floating_point or self.scale is not None
+
+    def _apply_qparams(self, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor
+                       ) -> torch.Tensor:
+        return P.fake_quantize(x, scale, zero_point, self.qtype, self.point.axis,
+                               self.point.block_size)
+
+    def encoding(self) -> dict[str, Any]:
+        """What the export needs: precision, scale / zero point (integers) and granularity."""
+        enc: dict[str, Any] = {"name": self.name, "precision": self.qtype.name,
+                               "symmetric": self.point.symmetric}
+        if self.scale is not None:
+            enc.update(scale=self.scale.detach().clone(), zero_point=self.zero_point.clone(),
+                       axis=self.point.axis, block_size=self.point.block_size)
+        return enc
+
+    def extra_repr(self) -> str:
+        state = "on" if self.enabled else "off"
+        return f"{self.name!r}, {self.qtype.name}, {state}"
+
+
+class ActivationQuantizer(Quantizer):
+    """Fake-quantizes an activation tensor with a range from calibration or a fixed range."""
+
+    def __init__(self, point: QuantPoint, observer: str = "minmax") -> None:
+        super().__init__(point)
+        self.observer_name = observer
+        self.observer: Observer | None = None
+        self.observing = False
+        self.fixed_range: tuple[float, float] | None = None
+
+    def start_observing(self, observer: str | None = None) -> None:
+        self.observer_name = observer or self.observer_name
+        self.observing = True
+        if self.fixed_range is None and not self.qtype.is_floating_point:
+            self.observer = make_observer(self.observer_name, dtype=self.qtype,
+                                          symmetric=self.point.symmetric)
+
+    def stop_observing(self) -> None:
+        """Turn the statistics seen so far into a scale and zero point."""
+        self.observing = False
+        if self.observer is None:
+            return
+        if not self.observer.has_data:
+            raise CalibrationError(f"quantizer {self.name!r} saw no data during calibration: "
+                                   "the calibration batches never reached this tensor")
+        lo, hi = self.observer.compute_range()
+        self._set_qparams(lo, hi)
+        self.observer = None
+
+    def set_range(self, lo: float, hi: float) -> None:
+        """Fix the range (e.g. an input known to lie in [0, 200]); calibration skips it."""
+        if not lo <= hi:
+            raise ValueError(f"fixed range of {self.name!r} must have lo <= hi, got [{lo}, {hi}]")
+        self.fixed_range = (float(lo), float(hi))
+        if not self.qtype.is_floating_point:
+            self._set_qparams(torch.tensor(float(lo)), torch.tensor(float(hi)))
+
+    def _set_qparams(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        scale, zero_point = P.choose_qparams(lo, hi, self.qtype, self.point.symmetric)
+        if isinstance(self.scale, nn.Parameter):
+            self.scale.data = scale.to(self.scale.device)
+        else:
+            self.scale = scale
+        self.zero_point = zero_point
+
+    def set_learnable(self, learnable: bool = True) -> None:
+        """Make the scale a trainable parameter (LSQ-style QAT) or a fixed buffer again."""
+        if self.scale is None:
+            raise CalibrationError(f"quantizer {self.name!r} has no scale yet: calibrate first")
+        value = self.scale.detach().clone()
+        del self.scale
+        if learnable:
+            self.scale = nn.Parameter(value)
+        else:
+            self.register_buffer("scale", value)
+
+    def _observe(self, x: torch.Tensor) -> None:
+        if not torch.isfinite(x).all():
+            bad = "NaN" if torch.isnan(x).any() else "Inf"
+            raise CalibrationError(f"calibration tensor {self.point.target!r} (quantizer "
+                                   f"{self.name!r}) holds {bad}; check the calibration data "
+                                   "and the float model on it")
+        if self.observer is not None:
+            self.observer.update(x.detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        if self.observing:
+            self._observe(x)
+            return x
+        if self.qtype.is_floating_point:
+            return P.cast(x, self.qtype).to(x.dtype)
+        if self.scale is None:
+            raise CalibrationError(f"quantizer {self.name!r} has no range yet: call "
+                                   "sim.calibrate(batches) first, or disable it")
+        return self._apply_qparams(x, self.scale, self.zero_point)
+
+
+class WeightQuantizer(Quantizer):
+    """Fake-quantizes a weight from its own range (symmetric per-channel by default).
+
+    When a batch-norm follows the op, the grid is chosen on the folded weight
+    ``w * gamma / sqrt(var + eps)`` (what a compiler deploys) and the result is unfolded,
+    so the batch-norm stays a live op (trainable in QAT) while the weight error is that of
+    the folded weight.
+    """
+
+    def __init__(self, point: QuantPoint, bn_eps: float | None = None,
+                 out_axis: int = 0) -> None:
+        super().__init__(point)
+        self.bn_eps = bn_eps
+        self.out_axis = out_axis
+        self._cache: tuple[tuple[Any, ...], torch.Tensor] | None = None
+
+    def _fold_scale(self, w: torch.Tensor, bn_weight: torch.Tensor | None,
+                    bn_var: torch.Tensor | None) -> torch.Tensor | None:
+        if bn_var is None or self.bn_eps is None:
+            return None
+        s = torch.rsqrt(bn_var + self.bn_eps)
+        if bn_weight is not None:
+            s = s * bn_weight
+        s = torch.where(s == 0, torch.ones_like(s), s)
+        shape = [1] * w.ndim
+        shape[self.out_axis] = -1
+        return s.reshape(shape)
+
+    def _weight_range(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        axis, block = self.point.axis, self.point.block_size
+        if axis is None:
+            return w.min(), w.max()
+        if block is None:
+            dims = [d for d in range(w.ndim) if d != axis % w.ndim]
+            return w.amin(dim=dims), w.amax(dim=dims)
+        chunks = torch.split(w, block, dim=axis)
+        lo = torch.cat([c.amin(dim=axis, keepdim=True) for c in chunks], dim=axis)
+        hi = torch.cat([c.amax(dim=axis, keepdim=True) for c in chunks], dim=axis)
+        return lo, hi
+
+    def _quantize(self, w: torch.Tensor, fold: torch.Tensor | None) -> torch.Tensor:
+        wf = w * fold if fold is not None else w
+        with torch.no_grad():
+            lo, hi = self._weight_range(wf.detach())
+            self.scale, self.zero_point = P.choose_qparams(lo, hi, self.qtype,
+                                                           self.point.symmetric)
+        out = self._apply_qparams(wf, self.scale, self.zero_point)
+        return out / fold if fold is not None else out
+
+    def forward(self, w: torch.Tensor, bn_weight: torch.Tensor | None = None,
+                bn_var: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.enabled:
+            return w
+        if self.qtype.is_floating_point:
+            return P.cast(w, self.qtype).to(w.dtype)
+        fold = self._fold_scale(w, bn_weight, bn_var)
+        if torch.is_grad_enabled() and w.requires_grad:
+            self._cache = None
+            return self._quantize(w, fold)
+        key = tuple((t.data_ptr(), t._version) for t in (w, bn_weight, bn_var) if t is not None)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self._quantize(w, fold))
+        return self._cache[1]

@@ -1,0 +1,246 @@
+"""The simulated mixed-precision model: the exported module with quantizers inserted.
+
+Example:
+    >>> import torch, mixq
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> x = torch.randn(16, 4)
+    >>> sim = mixq.quantize(model, (x,), "int8")
+    >>> _ = sim.calibrate([(x,)], progress=False)
+    >>> with sim.disabled():
+    ...     bool(torch.equal(sim(x), model(x)))
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from mixq.errors import CalibrationError
+from mixq.graph.fusion import find_fusion_groups
+from mixq.graph.ir import Graph
+from mixq.graph.points import QuantPoint, quantization_points
+from mixq.plan import Plan
+from mixq.progress import progress_bar
+from mixq.table import Table
+from mixq.torch.capture import Captured, split_inputs
+from mixq.torch.kinds import weight_arg
+from mixq.torch.quantizer import ActivationQuantizer, Quantizer, WeightQuantizer
+
+__all__ = ["Sim"]
+
+
+class Sim(nn.Module):
+    """A Graph + Plan made executable: fake-quant at every quantization point.
+
+    Every quantizer can be switched off and on by name; with all of them off the Sim
+    computes exactly what the float model computes.
+    """
+
+    def __init__(self, captured: Captured, plan: Plan) -> None:
+        super().__init__()
+        self.graph: Graph = captured.graph
+        self.plan = plan
+        self.points: list[QuantPoint] = quantization_points(captured.graph, plan)
+        self.module = captured.module
+        self._quantizers: dict[str, Quantizer] = {}
+        _Inserter(self, captured).run()
+        self.module.recompile()
+
+    # -- running ---------------------------------------------------------------------
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+    def calibrate(self, batches: Iterable[Any], observer: str | dict[str, str] | None = None,
+                  progress: bool = True) -> Sim:
+        """Run ``batches`` through the float model and set every activation range.
+
+        Args:
+            batches: an iterable of input tuples, tensors or keyword dicts.
+            observer: one observer name for all activation quantizers, or a dict
+                quantizer name -> observer name (others use the plan's default).
+            progress: show a progress bar.
+
+        Raises:
+            CalibrationError: no batches, or a tensor holds NaN / Inf (named).
+        """
+        acts = [q for q in self._quantizers.values() if isinstance(q, ActivationQuantizer)]
+        default = observer if isinstance(observer, str) else self.plan.scheme.observer
+        per_name = observer if isinstance(observer, dict) else {}
+        self._check_names(per_name)
+        for q in acts:
+            q.start_observing(per_name.get(q.name, default))
+        count = 0
+        try:
+            with torch.no_grad():
+                for batch in progress_bar(batches, "calibrating", disable=not progress):
+                    args, kwargs = split_inputs(batch)
+                    self.module(*args, **kwargs)
+                    count += 1
+        except BaseException:
+            for q in acts:
+                q.observing, q.observer = False, None
+            raise
+        if count == 0:
+            for q in acts:
+                q.observing, q.observer = False, None
+            raise CalibrationError("calibration data is empty: pass an iterable with at least "
+                                   "one batch of model inputs")
+        for q in acts:
+            q.stop_observing()
+        return self
+
+    # -- quantizer switches ------------------------------------------------------------
+    @property
+    def quantizers(self) -> list[str]:
+        """Names of every quantization point, in graph order (activations, then weights)."""
+        return list(self._quantizers)
+
+    def quantizer(self, name: str) -> Quantizer:
+        self._check_names([name])
+        return self._quantizers[name]
+
+    def _check_names(self, names: Iterable[str]) -> None:
+        unknown = [n for n in names if n not in self._quantizers]
+        if unknown:
+            raise KeyError(f"no quantizer named {unknown[:3]}; sim.quantizers lists the "
+                           f"{len(self._quantizers)} names")
+
+    def set_enabled(self, names: Iterable[str] | None, enabled: bool) -> None:
+        """Switch the named quantizers (all when ``names`` is None) on or off."""
+        names = list(self._quantizers) if names is None else list(names)
+        self._check_names(names)
+        for n in names:
+            self._quantizers[n].enabled = enabled
+
+    @contextmanager
+    def disabled(self, names: Iterable[str] | None = None) -> Iterator[Sim]:
+        """Switch quantizers off inside the block (all of them when ``names`` is None)."""
+        before = {n: q.enabled for n, q in self._quantizers.items()}
+        try:
+            self.set_enabled(names, False)
+            yield self
+        finally:
+            for n, q in self._quantizers.items():
+                q.enabled = before[n]
+
+    @contextmanager
+    def only(self, names: Iterable[str]) -> Iterator[Sim]:
+        """Only the named quantizers on inside the block (the analyses' isolated view)."""
+        names = list(names)
+        self._check_names(names)
+        with self.disabled():
+            self.set_enabled(names, True)
+            yield self
+
+    # -- ranges and encodings ------------------------------------------------------------
+    def set_range(self, name: str, lo: float, hi: float) -> None:
+        """Fix the range of an activation quantizer; calibration leaves it alone."""
+        q = self.quantizer(name)
+        if not isinstance(q, ActivationQuantizer):
+            raise ValueError(f"{name!r} is a weight quantizer; its range comes from the weight")
+        q.set_range(lo, hi)
+
+    def learn_scales(self, learnable: bool = True) -> None:
+        """Make activation scales trainable (LSQ-style QAT); calibrate first."""
+        for q in self._quantizers.values():
+            if isinstance(q, ActivationQuantizer) and q.scale is not None:
+                q.set_learnable(learnable)
+
+    def encodings(self) -> dict[str, dict[str, Any]]:
+        """Scale / zero point (or float type) per quantization point."""
+        return {n: q.encoding() for n, q in self._quantizers.items()}
+
+    def resolution_report(self) -> str:
+        """How each op's precision was decided, and the quantizers that follow from it."""
+        table = self.plan.table()
+        counts = ", ".join(f"{k}: {v}" for k, v in sorted(self.plan.precision_counts().items()))
+        lines = [f"{len(self.plan)} ops, {len(self._quantizers)} quantizers; outputs by "
+                 f"precision: {counts}", "", table.to_text()]
+        return "\n".join(lines)
+
+    def quantizer_table(self) -> Table:
+        rows = [{"name": p.name, "kind": p.kind, "precision": p.precision, "op": p.op,
+                 "axis": p.axis, "enabled": self._quantizers[p.name].enabled}
+                for p in self.points]
+        return Table(rows, title="quantizers")
+
+
+class _Inserter:
+    """Rewrites the fx graph: one call_module node per quantization point."""
+
+    def __init__(self, sim: Sim, captured: Captured) -> None:
+        self.sim, self.cap = sim, captured
+        self.fx_graph = captured.module.graph
+        self.current = dict(captured.tensor_nodes)  # tensor -> node holding its latest value
+        self.get_attrs = {str(n.target): n for n in self.fx_graph.nodes if n.op == "get_attr"}
+        self.groups = find_fusion_groups(captured.graph)
+
+    def run(self) -> None:
+        for point in self.sim.points:
+            if point.kind == "weight":
+                self._weight(point)
+            elif point.readers:
+                self._conversion(point)
+            else:
+                self._activation(point)
+
+    def _register(self, quantizer: Quantizer) -> str:
+        target = f"mixq_q{len(self.sim._quantizers)}"
+        self.cap.module.add_module(target, quantizer)
+        self.sim._quantizers[quantizer.name] = quantizer
+        return target
+
+    def _activation(self, point: QuantPoint) -> None:
+        node = self.current[point.target]
+        target = self._register(ActivationQuantizer(point, self.sim.plan.scheme.observer))
+        with self.fx_graph.inserting_after(node):
+            q = self.fx_graph.call_module(target, (node,))
+        node.replace_all_uses_with(q, delete_user_cb=lambda u: u is not q and not (
+            u.op == "call_module" and u.target == "_guards_fn"))
+        self.current[point.target] = q
+
+    def _conversion(self, point: QuantPoint) -> None:
+        src = self.current[point.target]
+        target = self._register(ActivationQuantizer(point, self.sim.plan.scheme.observer))
+        with self.fx_graph.inserting_after(src):
+            q = self.fx_graph.call_module(target, (src,))
+        for reader in point.readers:
+            self.cap.op_nodes[reader].replace_input_with(src, q)
+
+    def _weight(self, point: QuantPoint) -> None:
+        assert point.op is not None
+        op = self.cap.graph.ops[point.op]
+        op_node = self.cap.op_nodes[point.op]
+        w_node = op_node.args[weight_arg(op.kind) or 0]
+        if not isinstance(w_node, fx.Node):
+            raise TypeError(f"weight of {point.op!r} is not a graph value")
+        bn = self._following_bn(point.op)
+        args: tuple[Any, ...] = (w_node,)
+        eps = None
+        if bn is not None:
+            args = (w_node, self._attr(bn.attrs.get("bn_weight")),
+                    self._attr(bn.attrs.get("bn_running_var")))
+            eps = float(bn.attrs.get("bn_eps", 1e-5))  # type: ignore[arg-type]
+        axis = int(op.attrs.get("weight_axis", 0))  # type: ignore[call-overload]
+        target = self._register(WeightQuantizer(point, bn_eps=eps, out_axis=axis))
+        with self.fx_graph.inserting_before(op_node):
+            q = self.fx_graph.call_module(target, args)
+        op_node.replace_input_with(w_node, q)
+
+    def _following_bn(self, op_name: str):  # type: ignore[no-untyped-def]
+        group = self.groups[op_name]
+        kinds = [self.cap.graph.ops[n] for n in group.ops]
+        if group.anchor == op_name and self.cap.graph.ops[op_name].kind in {"conv", "linear",
+                                                                           "conv_transpose"}:
+            return next((o for o in kinds[1:] if o.kind == "batch_norm"
+                         and o.attrs.get("bn_running_var")), None)
+        return None
+
+    def _attr(self, name: object) -> fx.Node | None:
+        return self.get_attrs.get(str(name)) if name else None
+
