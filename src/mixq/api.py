@@ -22,14 +22,17 @@ from mixq.plan import Plan
 
 __all__ = ["quantize"]
 
-ConfigLike = Config | Plan | dict[str, Any] | str | Path | None
+ConfigLike = Config | Plan | dict[str, Any] | tuple[str, str] | str | Path | None
 
 
 def _plan_for(graph: Graph, config: ConfigLike) -> Plan:
     if isinstance(config, Plan):
         return _check_plan(graph, config, "the plan")
-    if isinstance(config, (str, Path)) and str(config).endswith((".yaml", ".yml")) \
-            and Plan.is_plan_file(config):
+    if (
+        isinstance(config, (str, Path))
+        and str(config).endswith((".yaml", ".yml"))
+        and Plan.is_plan_file(config)
+    ):
         return _check_plan(graph, Plan.load(config), str(config))
     return resolve(graph, Config.coerce(config))
 
@@ -38,14 +41,21 @@ def _check_plan(graph: Graph, plan: Plan, source: str) -> Plan:
     expected = {op.name for op in graph if graph.is_quantizable(op)}
     missing, extra = sorted(expected - set(plan.ops)), sorted(set(plan.ops) - expected)
     if missing or extra:
-        raise ConfigError(f"{source} does not match this model: ops missing from the plan "
-                          f"{missing[:5]}, ops in the plan but not in the model {extra[:5]}. "
-                          "Was it saved for another model or version? Re-run `mixq plan`")
+        raise ConfigError(
+            f"{source} does not match this model: ops missing from the plan "
+            f"{missing[:5]}, ops in the plan but not in the model {extra[:5]}. "
+            "Was it saved for another model or version? Re-run `mixq plan`"
+        )
     return plan
 
 
-def quantize(model: Any, example_inputs: Any, config: ConfigLike = None, strict: bool = True,
-             transforms: list[str] | None = None) -> Any:
+def quantize(
+    model: Any,
+    example_inputs: Any,
+    config: ConfigLike = None,
+    strict: bool = True,
+    transforms: list[str] | None = None,
+) -> Any:
     """Capture ``model``, resolve ``config`` into a Plan and build the simulated model.
 
     Args:

@@ -13,7 +13,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,15 @@ import yaml
 from mixq.errors import ConfigError
 from mixq.qtypes import qtype
 
-__all__ = ["CONFIG_VERSION", "Config", "Granularity", "Precision", "Request", "Scheme"]
+__all__ = [
+    "CONFIG_VERSION",
+    "Config",
+    "Granularity",
+    "Precision",
+    "PrecisionLike",
+    "Request",
+    "Scheme",
+]
 
 CONFIG_VERSION = 1
 
@@ -38,8 +46,9 @@ def _check_keys(data: dict[str, Any], cls: type, where: str) -> None:
     allowed = {f.name for f in fields(cls)}
     unknown = set(data) - allowed
     if unknown:
-        raise ConfigError(f"unknown key(s) {sorted(unknown)} in {where}; "
-                          f"allowed keys are {sorted(allowed)}")
+        raise ConfigError(
+            f"unknown key(s) {sorted(unknown)} in {where}; allowed keys are {sorted(allowed)}"
+        )
 
 
 def _precision_name(value: Any, where: str) -> str | None:
@@ -74,8 +83,10 @@ class Precision:
         if isinstance(value, dict):
             _check_keys(value, cls, where)
             return cls(**value)
-        raise ConfigError(f"{where}: expected a precision name, an (activation, weight) pair "
-                          f"or a dict with 'activation' / 'weight', got {value!r}")
+        raise ConfigError(
+            f"{where}: expected a precision name, an (activation, weight) pair "
+            f"or a dict with 'activation' / 'weight', got {value!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -107,36 +118,56 @@ class Scheme:
             object.__setattr__(self, "weight_granularity", Granularity(self.weight_granularity))
         except ValueError:
             valid = [g.value for g in Granularity]
-            raise ConfigError(f"weight_granularity {self.weight_granularity!r} is not one of "
-                              f"{valid}") from None
+            raise ConfigError(
+                f"weight_granularity {self.weight_granularity!r} is not one of {valid}"
+            ) from None
         if self.weight_granularity is Granularity.PER_BLOCK and not self.weight_block_size:
             raise ConfigError("weight_granularity 'per_block' needs weight_block_size (e.g. 32)")
 
 
-@dataclass
+PrecisionLike = Precision | str | tuple[str, str] | dict[str, Any]
+
+
+@dataclass(init=False)
 class Config:
     """A default precision plus ordered requests; resolved into a Plan by `mixq.quantize`.
 
     Args:
         default: the precision of every op no request names: ``"int8"``, a pair
             ``("int8", "int4")`` (activation, weight) or a dict.
+        rules: requests, applied in order (later wins); `set_precision` appends one.
+        scheme: how quantizers are parametrised.
         target: name of the deployment target profile.
     """
 
-    default: Precision = field(default_factory=lambda: Precision("int8", "int8"))
-    rules: list[Request] = field(default_factory=list)
-    scheme: Scheme = field(default_factory=Scheme)
-    target: str = "generic"
-    version: int = CONFIG_VERSION
+    default: Precision
+    rules: list[Request]
+    scheme: Scheme
+    target: str
+    version: int
 
-    def __post_init__(self) -> None:
-        self.default = Precision.parse(self.default, "default")
+    def __init__(
+        self,
+        default: PrecisionLike = "int8",
+        rules: list[Request] | None = None,
+        scheme: Scheme | None = None,
+        target: str = "generic",
+        version: int = CONFIG_VERSION,
+    ) -> None:
+        self.default = Precision.parse(default, "default")
+        self.rules = list(rules or [])
+        self.scheme = scheme or Scheme()
+        self.target = target
+        self.version = version
         if self.default.activation is None or self.default.weight is None:
-            raise ConfigError("the default precision needs both an activation and a weight "
-                              f"precision, got {self.default}")
+            raise ConfigError(
+                "the default precision needs both an activation and a weight "
+                f"precision, got {self.default}"
+            )
 
-    def set_precision(self, target: str, activation: str | None = None,
-                      weight: str | None = None) -> Config:
+    def set_precision(
+        self, target: str, activation: str | None = None, weight: str | None = None
+    ) -> Config:
         """Request a precision for ``target``; a later request on the same op wins."""
         self.rules.append(Request(target, activation, weight))
         return self
@@ -158,21 +189,28 @@ class Config:
         allowed = {"version", "target", "default", "rules", "ops", "scheme"}
         unknown = set(data) - allowed
         if unknown:
-            raise ConfigError(f"unknown key(s) {sorted(unknown)} in config; allowed keys are "
-                              f"{sorted(allowed)}")
+            raise ConfigError(
+                f"unknown key(s) {sorted(unknown)} in config; allowed keys are {sorted(allowed)}"
+            )
         version = int(data.get("version", CONFIG_VERSION))
         if version > CONFIG_VERSION:
-            raise ConfigError(f"config version {version} is newer than this mixq understands "
-                              f"({CONFIG_VERSION}); upgrade mixq")
+            raise ConfigError(
+                f"config version {version} is newer than this mixq understands "
+                f"({CONFIG_VERSION}); upgrade mixq"
+            )
         rules = [_parse_rule(r) for r in data.get("rules", [])]
         for name, value in (data.get("ops") or {}).items():
             p = Precision.parse(value, f"ops[{name!r}]")
             rules.append(Request(name, p.activation, p.weight))
         scheme = data.get("scheme") or {}
         _check_keys(scheme, Scheme, "scheme")
-        return cls(default=Precision.parse(data.get("default", "int8"), "default"), rules=rules,
-                   scheme=Scheme(**scheme), target=str(data.get("target", "generic")),
-                   version=version)
+        return cls(
+            default=Precision.parse(data.get("default", "int8"), "default"),
+            rules=rules,
+            scheme=Scheme(**scheme),
+            target=str(data.get("target", "generic")),
+            version=version,
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
@@ -184,17 +222,19 @@ class Config:
         return path
 
     @classmethod
-    def coerce(cls, value: Config | dict[str, Any] | str | Path | None) -> Config:
-        """A Config from a Config, a dict, a precision name or a YAML path."""
+    def coerce(cls, value: Config | dict[str, Any] | tuple[str, str] | str | Path | None) -> Config:
+        """A Config from a Config, a dict, a precision name or pair, or a YAML path."""
         if value is None:
             return cls()
         if isinstance(value, Config):
             return value
         if isinstance(value, dict):
             return cls.from_dict(value)
+        if isinstance(value, (tuple, list)):
+            return cls(default=(value[0], value[1]))
         if isinstance(value, Path) or str(value).endswith((".yaml", ".yml")):
             return cls.load(value)
-        return cls(default=value)  # type: ignore[arg-type]
+        return cls(default=str(value))
 
 
 def _parse_rule(data: Any) -> Request:

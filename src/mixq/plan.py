@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,9 +56,15 @@ class OpPlan:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OpPlan:
         _check_keys(data, cls, f"plan op {data.get('name', '?')!r}")
-        return cls(name=data["name"], kind=data["kind"], module=data.get("module", ""),
-                   input=tuple(data.get("input", ())), output=tuple(data.get("output", ())),
-                   weight=dict(data.get("weight") or {}), rule=data.get("rule", "default"))
+        return cls(
+            name=data["name"],
+            kind=data["kind"],
+            module=data.get("module", ""),
+            input=tuple(data.get("input", ())),
+            output=tuple(data.get("output", ())),
+            weight=dict(data.get("weight") or {}),
+            rule=data.get("rule", "default"),
+        )
 
 
 @dataclass
@@ -74,7 +81,7 @@ class Plan:
         except KeyError:
             raise KeyError(f"no op named {name!r} in the plan") from None
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[OpPlan]:
         return iter(self.ops.values())
 
     def __len__(self) -> int:
@@ -82,11 +89,23 @@ class Plan:
 
     def table(self) -> Table:
         """One row per op: name, kind, module, input, output, weight, rule."""
-        rows = [{"name": o.name, "kind": o.kind, "module": o.module, "input": list(o.input),
-                 "output": list(o.output), "weight": dict(o.weight), "rule": o.rule}
-                for o in self.ops.values()]
-        return Table(rows, title="plan",
-                     columns=["name", "kind", "module", "input", "output", "weight", "rule"])
+        rows = [
+            {
+                "name": o.name,
+                "kind": o.kind,
+                "module": o.module,
+                "input": list(o.input),
+                "output": list(o.output),
+                "weight": dict(o.weight),
+                "rule": o.rule,
+            }
+            for o in self.ops.values()
+        ]
+        return Table(
+            rows,
+            title="plan",
+            columns=["name", "kind", "module", "input", "output", "weight", "rule"],
+        )
 
     def precision_counts(self) -> dict[str, int]:
         """How many op outputs run at each precision (a quick summary)."""
@@ -99,28 +118,41 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         scheme = asdict(self.scheme)
         scheme["weight_granularity"] = self.scheme.weight_granularity.value
-        return {"mixq_plan": self.version, "target": self.target,
-                "default": asdict(self.default), "scheme": scheme,
-                "ops": [o.to_dict() for o in self.ops.values()]}
+        return {
+            "mixq_plan": self.version,
+            "target": self.target,
+            "default": asdict(self.default),
+            "scheme": scheme,
+            "ops": [o.to_dict() for o in self.ops.values()],
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:
         if "mixq_plan" not in data:
-            raise ConfigError("not a mixq plan (no 'mixq_plan' version key); a config file "
-                              "is loaded with mixq.Config.load")
+            raise ConfigError(
+                "not a mixq plan (no 'mixq_plan' version key); a config file "
+                "is loaded with mixq.Config.load"
+            )
         version = int(data["mixq_plan"])
         if version > PLAN_VERSION:
-            raise ConfigError(f"plan version {version} is newer than this mixq understands "
-                              f"({PLAN_VERSION}); upgrade mixq")
+            raise ConfigError(
+                f"plan version {version} is newer than this mixq understands "
+                f"({PLAN_VERSION}); upgrade mixq"
+            )
         allowed = {"mixq_plan", "target", "default", "scheme", "ops"}
         if set(data) - allowed:
-            raise ConfigError(f"unknown key(s) {sorted(set(data) - allowed)} in plan; allowed "
-                              f"keys are {sorted(allowed)}")
+            raise ConfigError(
+                f"unknown key(s) {sorted(set(data) - allowed)} in plan; allowed "
+                f"keys are {sorted(allowed)}"
+            )
         ops = [OpPlan.from_dict(o) for o in data.get("ops") or []]
-        return cls(ops={o.name: o for o in ops},
-                   default=Precision.parse(data.get("default", "int8"), "default"),
-                   scheme=Scheme(**(data.get("scheme") or {})),
-                   target=str(data.get("target", "generic")), version=version)
+        return cls(
+            ops={o.name: o for o in ops},
+            default=Precision.parse(data.get("default", "int8"), "default"),
+            scheme=Scheme(**(data.get("scheme") or {})),
+            target=str(data.get("target", "generic")),
+            version=version,
+        )
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -135,4 +167,3 @@ class Plan:
     def is_plan_file(path: str | Path) -> bool:
         """True if the YAML file at ``path`` is a saved Plan rather than a Config."""
         return "mixq_plan" in _read_yaml(path)
-

@@ -31,11 +31,12 @@ __all__ = [
 Scalar = float | int | torch.Tensor
 
 
-def _broadcast(param: Scalar, x: torch.Tensor, axis: int | None, block_size: int | None
-               ) -> torch.Tensor:
+def _broadcast(
+    param: Scalar, x: torch.Tensor, axis: int | None, block_size: int | None
+) -> torch.Tensor:
     """Shape a scale / zero point so it broadcasts against ``x``."""
     p = torch.as_tensor(param, device=x.device)
-    if p.ndim == 0 or p.numel() == 1 and axis is None:
+    if p.ndim == 0 or (p.numel() == 1 and axis is None):
         return p.reshape(())
     if axis is None:
         raise ValueError(f"a scale / zero point of shape {tuple(p.shape)} needs an axis")
@@ -43,29 +44,33 @@ def _broadcast(param: Scalar, x: torch.Tensor, axis: int | None, block_size: int
     if block_size is not None:
         return _expand_blocks(p, x, axis, block_size)
     if p.ndim != 1 or p.shape[0] != x.shape[axis]:
-        raise ValueError(f"per-axis scale has shape {tuple(p.shape)}; expected "
-                         f"({x.shape[axis]},) for axis {axis} of a tensor of shape {tuple(x.shape)}")
+        raise ValueError(
+            f"per-axis scale has shape {tuple(p.shape)}; expected "
+            f"({x.shape[axis]},) for axis {axis} of a tensor of shape {tuple(x.shape)}"
+        )
     shape = [1] * x.ndim
     shape[axis] = -1
     return p.reshape(shape)
 
 
-def _expand_blocks(p: torch.Tensor, x: torch.Tensor, axis: int, block_size: int
-                   ) -> torch.Tensor:
+def _expand_blocks(p: torch.Tensor, x: torch.Tensor, axis: int, block_size: int) -> torch.Tensor:
     """Repeat each block's value ``block_size`` times along ``axis``; the last may be short."""
     if block_size < 1:
         raise ValueError(f"block_size must be a positive integer, got {block_size}")
     expected = list(x.shape)
     expected[axis] = -(-x.shape[axis] // block_size)
     if list(p.shape) != expected:
-        raise ValueError(f"blocked scale has shape {tuple(p.shape)}; expected {tuple(expected)} "
-                         f"for blocks of {block_size} along axis {axis} of a tensor of shape "
-                         f"{tuple(x.shape)}")
+        raise ValueError(
+            f"blocked scale has shape {tuple(p.shape)}; expected {tuple(expected)} "
+            f"for blocks of {block_size} along axis {axis} of a tensor of shape "
+            f"{tuple(x.shape)}"
+        )
     return p.repeat_interleave(block_size, dim=axis).narrow(axis, 0, x.shape[axis])
 
 
-def _zero_point(zero_point: Scalar | None, x: torch.Tensor, axis: int | None,
-                block_size: int | None) -> torch.Tensor:
+def _zero_point(
+    zero_point: Scalar | None, x: torch.Tensor, axis: int | None, block_size: int | None
+) -> torch.Tensor:
     if zero_point is None:
         return torch.zeros((), dtype=torch.float32, device=x.device)
     return _broadcast(zero_point, x, axis, block_size).to(torch.float32)
@@ -78,15 +83,22 @@ def _integer_type(dtype: str | QType) -> QType:
     return t
 
 
-def _quantize_float(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
-                    t: QType) -> torch.Tensor:
+def _quantize_float(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, t: QType
+) -> torch.Tensor:
     """The quantized integer values, held in float32."""
     q = torch.round(x.to(torch.float32) / scale) + zero_point
     return q.clamp_(t.qmin, t.qmax)
 
 
-def quantize(x: torch.Tensor, scale: Scalar, zero_point: Scalar | None, dtype: str | QType,
-             axis: int | None = None, block_size: int | None = None) -> torch.Tensor:
+def quantize(
+    x: torch.Tensor,
+    scale: Scalar,
+    zero_point: Scalar | None,
+    dtype: str | QType,
+    axis: int | None = None,
+    block_size: int | None = None,
+) -> torch.Tensor:
     """Quantize to integer values (ONNX QuantizeLinear). Returns the type's storage dtype."""
     t = _integer_type(dtype)
     s = _broadcast(scale, x, axis, block_size).to(torch.float32)
@@ -94,8 +106,14 @@ def quantize(x: torch.Tensor, scale: Scalar, zero_point: Scalar | None, dtype: s
     return _quantize_float(x, s, zp, t).to(t.storage_dtype)
 
 
-def dequantize(q: torch.Tensor, scale: Scalar, zero_point: Scalar | None, dtype: str | QType,
-               axis: int | None = None, block_size: int | None = None) -> torch.Tensor:
+def dequantize(
+    q: torch.Tensor,
+    scale: Scalar,
+    zero_point: Scalar | None,
+    dtype: str | QType,
+    axis: int | None = None,
+    block_size: int | None = None,
+) -> torch.Tensor:
     """Integer values back to float32 (ONNX DequantizeLinear)."""
     _integer_type(dtype)
     s = _broadcast(scale, q, axis, block_size).to(torch.float32)
@@ -108,12 +126,20 @@ def _round_ste(v: torch.Tensor) -> torch.Tensor:
     # round(v) - v is exact by Sterbenz's lemma; below, it is -v), while the backward pass
     # treats rounding as the identity. The clamp that follows zeroes the gradient outside
     # [qmin, qmax], and because scale enters through x / scale and (q - zp) * scale, autograd
-    # gives the LSQ gradient for a learnable scale without further code.
-    return v + (torch.round(v) - v).detach()
+    # gives the LSQ gradient for a learnable scale without further code. Where v is infinite
+    # (x is, or x / scale overflowed) round(v) - v is NaN; adding 0 instead keeps v, which the
+    # clamp saturates exactly as the no-grad path does.
+    return v + torch.nan_to_num(torch.round(v) - v, nan=0.0).detach()
 
 
-def fake_quantize(x: torch.Tensor, scale: Scalar, zero_point: Scalar | None, dtype: str | QType,
-                  axis: int | None = None, block_size: int | None = None) -> torch.Tensor:
+def fake_quantize(
+    x: torch.Tensor,
+    scale: Scalar,
+    zero_point: Scalar | None,
+    dtype: str | QType,
+    axis: int | None = None,
+    block_size: int | None = None,
+) -> torch.Tensor:
     """``dequantize(quantize(x))`` in float32, with a straight-through gradient.
 
     The gradient w.r.t. ``x`` is 1 inside the representable range and 0 outside it;
@@ -130,7 +156,7 @@ def fake_quantize(x: torch.Tensor, scale: Scalar, zero_point: Scalar | None, dty
 
 class _CastSTE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, t: QType) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, t: QType) -> torch.Tensor:
         y = x.to(torch.float32)
         inside = torch.ones_like(y, dtype=torch.bool)
         if t.name.startswith("fp8"):
@@ -142,7 +168,7 @@ class _CastSTE(torch.autograd.Function):
         return y.to(t.torch_dtype).to(torch.float32)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (inside,) = ctx.saved_tensors
         return grad * inside, None
 
@@ -163,9 +189,13 @@ def cast(x: torch.Tensor, dtype: str | QType) -> torch.Tensor:
     return out
 
 
-def choose_qparams(min_val: torch.Tensor | float, max_val: torch.Tensor | float,
-                   dtype: str | QType, symmetric: bool = False,
-                   eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
+def choose_qparams(
+    min_val: torch.Tensor | float,
+    max_val: torch.Tensor | float,
+    dtype: str | QType,
+    symmetric: bool = False,
+    eps: float = 1e-12,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point that cover ``[min_val, max_val]`` (element-wise for per-channel).
 
     The range is first widened to include 0 so that zero is exactly representable.

@@ -19,16 +19,21 @@ __all__ = ["progress_bar"]
 T = TypeVar("T")
 
 
-def progress_bar(items: Iterable[T], description: str, total: int | None = None,
-                 disable: bool = False) -> Iterator[T]:
+def progress_bar(
+    items: Iterable[T], description: str, total: int | None = None, disable: bool = False
+) -> Iterator[T]:
     """Yield ``items`` while drawing a bar on stderr (off when MIXQ_PROGRESS=0)."""
     if disable or os.environ.get("MIXQ_PROGRESS") == "0":
         yield from items
         return
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, transient=True, console=Console(stderr=True)) as bar:
         task = bar.add_task(description, total=total)
         for item in items:

@@ -64,8 +64,14 @@ def _int(name: str, bits: int, signed: bool) -> QType:
 
 
 def _float(name: str, bits: int, dtype: torch.dtype, mantissa: int) -> QType:
-    return QType(name, bits, True, torch_dtype=dtype, max_finite=float(torch.finfo(dtype).max),
-                 mantissa_bits=mantissa)
+    return QType(
+        name,
+        bits,
+        True,
+        torch_dtype=dtype,
+        max_finite=float(torch.finfo(dtype).max),
+        mantissa_bits=mantissa,
+    )
 
 
 QTYPES: dict[str, QType] = {
@@ -95,8 +101,13 @@ _STORAGE = {
 }
 
 _ALIASES = {
-    "float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16",
-    "bfloat16": "bf16", "fp8": "fp8_e4m3", "fp8_e4m3fn": "fp8_e4m3",
+    "float32": "fp32",
+    "float": "fp32",
+    "float16": "fp16",
+    "half": "fp16",
+    "bfloat16": "bf16",
+    "fp8": "fp8_e4m3",
+    "fp8_e4m3fn": "fp8_e4m3",
 }
 
 

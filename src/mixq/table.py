@@ -45,7 +45,9 @@ class Table:
 
     def to_text(self) -> str:
         cells = [[_cell(r.get(c)) for c in self.columns] for r in self.rows]
-        widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(self.columns)]
+        widths = [
+            max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(self.columns)
+        ]
         lines = [self.title] if self.title else []
         lines.append("  ".join(c.ljust(w) for c, w in zip(self.columns, widths, strict=True)))
         lines.append("  ".join("-" * w for w in widths))

@@ -81,10 +81,10 @@ class Graph:
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
 
-    def add_input(self, name: str, dtype: str, shape: tuple[int | None, ...] | None = None
-                  ) -> None:
-        self.tensors[name] = Tensor(name, dtype, None, quantizable=dtype.startswith("float"),
-                                    shape=shape)
+    def add_input(self, name: str, dtype: str, shape: tuple[int | None, ...] | None = None) -> None:
+        self.tensors[name] = Tensor(
+            name, dtype, None, quantizable=dtype.startswith("float"), shape=shape
+        )
         self.inputs.append(name)
 
     def add_op(self, op: Op, dtypes: dict[str, str] | None = None) -> None:

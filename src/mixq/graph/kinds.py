@@ -23,12 +23,39 @@ WEIGHTED = frozenset({"conv", "conv_transpose", "linear", "embedding", "matmul"}
 
 # Ops that only move, select or reorder values: their output carries their input's
 # encoding, so no quantizer is placed after them.
-DATA_MOVEMENT = frozenset({
-    "reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze", "expand",
-    "slice", "select", "getitem", "contiguous", "clone", "dropout", "identity", "split",
-    "chunk", "unbind", "max_pool", "pad", "repeat", "alias", "detach", "index_select",
-    "gather", "flip", "roll", "pixel_shuffle", "channel_shuffle", "upsample_nearest",
-})
+DATA_MOVEMENT = frozenset(
+    {
+        "reshape",
+        "flatten",
+        "permute",
+        "transpose",
+        "squeeze",
+        "unsqueeze",
+        "expand",
+        "slice",
+        "select",
+        "getitem",
+        "contiguous",
+        "clone",
+        "dropout",
+        "identity",
+        "split",
+        "chunk",
+        "unbind",
+        "max_pool",
+        "pad",
+        "repeat",
+        "alias",
+        "detach",
+        "index_select",
+        "gather",
+        "flip",
+        "roll",
+        "pixel_shuffle",
+        "channel_shuffle",
+        "upsample_nearest",
+    }
+)
 
 # Activations a compiler folds into the preceding conv / linear / add.
 FUSABLE_ACTIVATIONS = frozenset({"relu", "relu6", "hardtanh", "clamp"})

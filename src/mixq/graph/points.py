@@ -66,15 +66,20 @@ def _lower(a: str, b: str) -> bool:
 def _activation_points(graph: Graph, plan: Plan, produced: dict[str, str]) -> list[QuantPoint]:
     groups = find_fusion_groups(graph)
     sym = plan.scheme.activation_symmetric
-    points = [QuantPoint(t, "activation", t, produced[t], None, symmetric=sym)
-              for t in graph.inputs if t in produced]
+    points = [
+        QuantPoint(t, "activation", t, produced[t], None, symmetric=sym)
+        for t in graph.inputs
+        if t in produced
+    ]
     for op in graph:
-        if op.name not in plan.ops or is_data_movement(op.kind) and graph.float_inputs(op):
+        if op.name not in plan.ops or (is_data_movement(op.kind) and graph.float_inputs(op)):
             continue
         if groups[op.name].ops[-1] != op.name:
             continue
-        points += [QuantPoint(t, "activation", t, produced[t], op.name, symmetric=sym)
-                   for t in graph.float_outputs(op)]
+        points += [
+            QuantPoint(t, "activation", t, produced[t], op.name, symmetric=sym)
+            for t in graph.float_outputs(op)
+        ]
     return points
 
 
@@ -93,8 +98,12 @@ def _conversion_points(graph: Graph, plan: Plan, produced: dict[str, str]) -> li
             if p != src and p != "fp32" and _lower(p, src):
                 readers.setdefault((t, p), []).append(op.name)
     sym = plan.scheme.activation_symmetric
-    return [QuantPoint(f"{t}@{p}", "activation", t, p, graph.tensors[t].producer, tuple(ops),
-                       symmetric=sym) for (t, p), ops in readers.items()]
+    return [
+        QuantPoint(
+            f"{t}@{p}", "activation", t, p, graph.tensors[t].producer, tuple(ops), symmetric=sym
+        )
+        for (t, p), ops in readers.items()
+    ]
 
 
 def _weight_points(graph: Graph, plan: Plan) -> list[QuantPoint]:
@@ -108,15 +117,27 @@ def _weight_points(graph: Graph, plan: Plan) -> list[QuantPoint]:
             precision = plan.ops[op.name].weight.get(role, "fp32")
             name = param if param not in seen else f"{op.name}.{role}"
             seen.add(param)
-            axis, block = _weight_granularity(op, scheme.weight_granularity,
-                                              scheme.weight_block_size)
-            points.append(QuantPoint(name, "weight", param, precision, op.name, axis=axis,
-                                     block_size=block, symmetric=scheme.weight_symmetric))
+            axis, block = _weight_granularity(
+                op, scheme.weight_granularity, scheme.weight_block_size
+            )
+            points.append(
+                QuantPoint(
+                    name,
+                    "weight",
+                    param,
+                    precision,
+                    op.name,
+                    axis=axis,
+                    block_size=block,
+                    symmetric=scheme.weight_symmetric,
+                )
+            )
     return points
 
 
-def _weight_granularity(op: Op, granularity: Granularity, block_size: int | None
-                        ) -> tuple[int | None, int | None]:
+def _weight_granularity(
+    op: Op, granularity: Granularity, block_size: int | None
+) -> tuple[int | None, int | None]:
     axis = op.attrs.get("weight_axis", 0)
     if granularity is Granularity.PER_TENSOR:
         return None, None
@@ -129,6 +150,9 @@ def _weight_granularity(op: Op, granularity: Granularity, block_size: int | None
 def quantization_points(graph: Graph, plan: Plan) -> list[QuantPoint]:
     """Every quantizer the plan needs, in graph order; fp32 points are left out."""
     produced = tensor_precisions(graph, plan.ops)
-    points = (_activation_points(graph, plan, produced)
-              + _conversion_points(graph, plan, produced) + _weight_points(graph, plan))
+    points = (
+        _activation_points(graph, plan, produced)
+        + _conversion_points(graph, plan, produced)
+        + _weight_points(graph, plan)
+    )
     return [p for p in points if p.precision != "fp32"]

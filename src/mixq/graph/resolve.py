@@ -43,12 +43,15 @@ def _requests(graph: Graph, config: Config) -> dict[str, tuple[Precision, str]]:
 def _unknown_target(graph: Graph, req: Request) -> str:
     close = [n for n in graph.ops if req.target.split(".")[-1] in n][:5]
     hint = f"; similar op names: {close}" if close else ""
-    return (f"no op named {req.target!r} in the model{hint}. "
-            f"Run `mixq plan` (or sim.plan.table()) to list the op names")
+    return (
+        f"no op named {req.target!r} in the model{hint}. "
+        f"Run `mixq plan` (or sim.plan.table()) to list the op names"
+    )
 
 
-def _group_request(group: FusionGroup, chosen: dict[str, tuple[Precision, str]]
-                   ) -> tuple[Precision, str]:
+def _group_request(
+    group: FusionGroup, chosen: dict[str, tuple[Precision, str]]
+) -> tuple[Precision, str]:
     explicit = [chosen[n] for n in group.ops if chosen[n][1] != "default"]
     if explicit:
         return max(explicit, key=lambda pr: int(pr[1].split("]")[0].split("[")[-1]))
@@ -76,7 +79,7 @@ def tensor_precisions(graph: Graph, ops: dict[str, OpPlan]) -> dict[str, str]:
     result: dict[str, str] = {}
     reads: dict[str, list[str]] = {}
     for op in graph:
-        if op.name not in ops or is_data_movement(op.kind) and graph.float_inputs(op):
+        if op.name not in ops or (is_data_movement(op.kind) and graph.float_inputs(op)):
             continue
         plan = ops[op.name]
         for t, p in zip(graph.float_outputs(op), plan.output, strict=True):
@@ -97,8 +100,11 @@ def resolve(graph: Graph, config: Config) -> Plan:
     """The Plan for ``graph`` under ``config`` (see the module docstring for precedence)."""
     chosen = _requests(graph, config)
     groups = find_fusion_groups(graph)
-    ops = {op.name: _compute_op(graph, op, groups[op.name], chosen)
-           for op in graph if graph.is_quantizable(op)}
+    ops = {
+        op.name: _compute_op(graph, op, groups[op.name], chosen)
+        for op in graph
+        if graph.is_quantizable(op)
+    }
     root = aliases(graph)
     produced = tensor_precisions(graph, ops)
     for op in graph:
@@ -106,13 +112,15 @@ def resolve(graph: Graph, config: Config) -> Plan:
         if op.name in ops and is_data_movement(op.kind) and ins:
             read = tuple(produced.get(root[t], "fp32") for t in ins)
             out = (read[0],) * len(graph.float_outputs(op))
-            ops[op.name] = OpPlan(op.name, op.kind, op.module, read, out, {},
-                                  f"inherits {root[ins[0]]}")
+            ops[op.name] = OpPlan(
+                op.name, op.kind, op.module, read, out, {}, f"inherits {root[ins[0]]}"
+            )
     return Plan(ops=ops, default=config.default, scheme=config.scheme, target=config.target)
 
 
-def _compute_op(graph: Graph, op: Op, group: FusionGroup,
-                chosen: dict[str, tuple[Precision, str]]) -> OpPlan:
+def _compute_op(
+    graph: Graph, op: Op, group: FusionGroup, chosen: dict[str, tuple[Precision, str]]
+) -> OpPlan:
     precision, rule = _group_request(group, chosen) if len(group.ops) > 1 else chosen[op.name]
     if len(group.ops) > 1 and op.name != group.anchor and rule == "default":
         rule = f"group {group.anchor}"

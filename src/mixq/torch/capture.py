@@ -18,7 +18,8 @@ import re
 import traceback
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import fx
@@ -31,8 +32,16 @@ from mixq.torch.kinds import canonical_kind, weight_arg
 
 __all__ = ["Captured", "capture"]
 
-_SKIP = {"sym_size", "_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size",
-         "_assert_async", "sym_numel", "sym_storage_offset", "sym_stride"}
+_SKIP = {
+    "sym_size",
+    "_assert_tensor_metadata",
+    "_assert_scalar",
+    "sym_constrain_range_for_size",
+    "_assert_async",
+    "sym_numel",
+    "sym_storage_offset",
+    "sym_stride",
+}
 
 
 @dataclass
@@ -45,9 +54,9 @@ class Captured:
     op_nodes: dict[str, fx.Node] = field(default_factory=dict)
 
 
-def _dynamic_shapes(model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-                    ) -> Any:
+def _dynamic_shapes(model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Every dimension of every tensor input may vary (export specialises what must not)."""
+
     def spec(x: Any) -> Any:
         return {i: Dim.AUTO for i in range(x.ndim)} if isinstance(x, torch.Tensor) else None
 
@@ -59,20 +68,23 @@ def _user_frame(exc: BaseException) -> str:
     """The last line of user code in the traceback or message, as 'file:line'."""
     text = str(exc)
     found = re.findall(r'File "([^"]+)", line (\d+)', text)
+    found += re.findall(r"File: (\S+):(\d+) in ", text)
     frames = [(f.filename, f.lineno) for f in traceback.extract_tb(exc.__traceback__)]
     candidates = [(f, int(n)) for f, n in found] + frames
-    user = [(f, n) for f, n in candidates if "site-packages" not in f and "/torch/" not in f
-            and "/mixq/" not in f]
+    library = (str(Path(torch.__file__).parent), str(Path(__file__).parent.parent))
+    user = [(f, n) for f, n in candidates if not f.startswith((*library, "<"))]
     return f"{user[-1][0]}:{user[-1][1]}" if user else "unknown location"
 
 
-def _export(model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-            ) -> torch.export.ExportedProgram:
+def _export(
+    model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> torch.export.ExportedProgram:
     # Export logs a warning for every dimension it had to keep static (channels, ...).
     logging.getLogger("torch._export.non_strict_utils").setLevel(logging.ERROR)
     try:
-        return torch.export.export(model, args, kwargs, strict=False,
-                                   dynamic_shapes=_dynamic_shapes(model, args, kwargs))
+        return torch.export.export(
+            model, args, kwargs, strict=False, dynamic_shapes=_dynamic_shapes(model, args, kwargs)
+        )
     except Exception as first:
         try:
             return torch.export.export(model, args, kwargs, strict=False)
@@ -159,8 +171,11 @@ class _GraphBuilder:
                 self._bind_getitem(node)
             elif node.op == "output":
                 outs = pytree.tree_leaves(node.args)
-                self.graph.outputs = [self.tensor_of[n] for n in outs
-                                      if isinstance(n, fx.Node) and n in self.tensor_of]
+                self.graph.outputs = [
+                    self.tensor_of[n]
+                    for n in outs
+                    if isinstance(n, fx.Node) and n in self.tensor_of
+                ]
         _mark_quantizable(self.graph)
         return self.cap
 
@@ -202,21 +217,23 @@ class _GraphBuilder:
         _, path, cls = _call_key(node)
         kind = canonical_kind(node.target)
         inputs, weights, attrs = self._operands(node, kind)
-        val = node.meta.get("val")
+        val: Any = node.meta.get("val")
         if isinstance(val, torch.Tensor):
             outputs, dtypes = [name], {name: _dtype(node)}
         else:
             outputs = [f"{name}:{i}" for i in range(len(val))]
-            dtypes = {o: str(v.dtype).removeprefix("torch.") for o, v in zip(outputs, val,
-                                                                                strict=True)}
+            dtypes = {
+                o: str(v.dtype).removeprefix("torch.") for o, v in zip(outputs, val, strict=True)
+            }
         op = Op(name, kind, path, cls, inputs, outputs, weights, attrs)
         self.graph.add_op(op, dtypes)
         self.cap.op_nodes[name] = node
         if isinstance(val, torch.Tensor):
             self._bind(name, node)
 
-    def _operands(self, node: fx.Node, kind: str
-                  ) -> tuple[list[str], dict[str, str], dict[str, object]]:
+    def _operands(
+        self, node: fx.Node, kind: str
+    ) -> tuple[list[str], dict[str, str], dict[str, object]]:
         inputs: list[str] = []
         weights: dict[str, str] = {}
         attrs: dict[str, object] = {}
@@ -237,8 +254,11 @@ class _GraphBuilder:
 
 
 def _is_tensor_seq(val: Any) -> bool:
-    return isinstance(val, (tuple, list)) and bool(val) and all(
-        isinstance(v, torch.Tensor) for v in val)
+    return (
+        isinstance(val, (tuple, list))
+        and bool(val)
+        and all(isinstance(v, torch.Tensor) for v in val)
+    )
 
 
 def _weight_axes(kind: str, weight: fx.Node) -> dict[str, object]:
@@ -259,8 +279,11 @@ def _bn_attrs(node: fx.Node) -> dict[str, object]:
     def target(a: Any) -> str | None:
         return str(a.target) if isinstance(a, fx.Node) and a.op == "get_attr" else None
 
-    return {"bn_weight": target(args[1]), "bn_running_var": target(args[4]),
-            "bn_eps": float(args[eps_index]) if len(args) > eps_index else 1e-5}
+    return {
+        "bn_weight": target(args[1]),
+        "bn_running_var": target(args[4]),
+        "bn_eps": float(cast(float, args[eps_index])) if len(args) > eps_index else 1e-5,
+    }
 
 
 def _mark_quantizable(graph: Graph) -> None:

@@ -31,6 +31,9 @@ __all__ = ["ActivationQuantizer", "Quantizer", "WeightQuantizer"]
 class Quantizer(nn.Module):
     """Base: a point, its precision, an on/off switch and (for integers) scale / zero point."""
 
+    scale: torch.Tensor | None
+    zero_point: torch.Tensor | None
+
     def __init__(self, point: QuantPoint) -> None:
         super().__init__()
         self.point = point
@@ -47,18 +50,28 @@ class Quantizer(nn.Module):
     def has_qparams(self) -> bool:
         return self.qtype.is_floating_point or self.scale is not None
 
-    def _apply_qparams(self, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor
-                       ) -> torch.Tensor:
-        return P.fake_quantize(x, scale, zero_point, self.qtype, self.point.axis,
-                               self.point.block_size)
+    def _apply_qparams(
+        self, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor
+    ) -> torch.Tensor:
+        return P.fake_quantize(
+            x, scale, zero_point, self.qtype, self.point.axis, self.point.block_size
+        )
 
     def encoding(self) -> dict[str, Any]:
         """What the export needs: precision, scale / zero point (integers) and granularity."""
-        enc: dict[str, Any] = {"name": self.name, "precision": self.qtype.name,
-                               "symmetric": self.point.symmetric}
+        enc: dict[str, Any] = {
+            "name": self.name,
+            "precision": self.qtype.name,
+            "symmetric": self.point.symmetric,
+        }
         if self.scale is not None:
-            enc.update(scale=self.scale.detach().clone(), zero_point=self.zero_point.clone(),
-                       axis=self.point.axis, block_size=self.point.block_size)
+            assert self.zero_point is not None
+            enc.update(
+                scale=self.scale.detach().clone(),
+                zero_point=self.zero_point.clone(),
+                axis=self.point.axis,
+                block_size=self.point.block_size,
+            )
         return enc
 
     def extra_repr(self) -> str:
@@ -80,8 +93,9 @@ class ActivationQuantizer(Quantizer):
         self.observer_name = observer or self.observer_name
         self.observing = True
         if self.fixed_range is None and not self.qtype.is_floating_point:
-            self.observer = make_observer(self.observer_name, dtype=self.qtype,
-                                          symmetric=self.point.symmetric)
+            self.observer = make_observer(
+                self.observer_name, dtype=self.qtype, symmetric=self.point.symmetric
+            )
 
     def stop_observing(self) -> None:
         """Turn the statistics seen so far into a scale and zero point."""
@@ -89,8 +103,10 @@ class ActivationQuantizer(Quantizer):
         if self.observer is None:
             return
         if not self.observer.has_data:
-            raise CalibrationError(f"quantizer {self.name!r} saw no data during calibration: "
-                                   "the calibration batches never reached this tensor")
+            raise CalibrationError(
+                f"quantizer {self.name!r} saw no data during calibration: "
+                "the calibration batches never reached this tensor"
+            )
         lo, hi = self.observer.compute_range()
         self._set_qparams(lo, hi)
         self.observer = None
@@ -125,9 +141,11 @@ class ActivationQuantizer(Quantizer):
     def _observe(self, x: torch.Tensor) -> None:
         if not torch.isfinite(x).all():
             bad = "NaN" if torch.isnan(x).any() else "Inf"
-            raise CalibrationError(f"calibration tensor {self.point.target!r} (quantizer "
-                                   f"{self.name!r}) holds {bad}; check the calibration data "
-                                   "and the float model on it")
+            raise CalibrationError(
+                f"calibration tensor {self.point.target!r} (quantizer "
+                f"{self.name!r}) holds {bad}; check the calibration data "
+                "and the float model on it"
+            )
         if self.observer is not None:
             self.observer.update(x.detach())
 
@@ -139,9 +157,11 @@ class ActivationQuantizer(Quantizer):
             return x
         if self.qtype.is_floating_point:
             return P.cast(x, self.qtype).to(x.dtype)
-        if self.scale is None:
-            raise CalibrationError(f"quantizer {self.name!r} has no range yet: call "
-                                   "sim.calibrate(batches) first, or disable it")
+        if self.scale is None or self.zero_point is None:
+            raise CalibrationError(
+                f"quantizer {self.name!r} has no range yet: call "
+                "sim.calibrate(batches) first, or disable it"
+            )
         return self._apply_qparams(x, self.scale, self.zero_point)
 
 
@@ -154,15 +174,15 @@ class WeightQuantizer(Quantizer):
     the folded weight.
     """
 
-    def __init__(self, point: QuantPoint, bn_eps: float | None = None,
-                 out_axis: int = 0) -> None:
+    def __init__(self, point: QuantPoint, bn_eps: float | None = None, out_axis: int = 0) -> None:
         super().__init__(point)
         self.bn_eps = bn_eps
         self.out_axis = out_axis
         self._cache: tuple[tuple[Any, ...], torch.Tensor] | None = None
 
-    def _fold_scale(self, w: torch.Tensor, bn_weight: torch.Tensor | None,
-                    bn_var: torch.Tensor | None) -> torch.Tensor | None:
+    def _fold_scale(
+        self, w: torch.Tensor, bn_weight: torch.Tensor | None, bn_var: torch.Tensor | None
+    ) -> torch.Tensor | None:
         if bn_var is None or self.bn_eps is None:
             return None
         s = torch.rsqrt(bn_var + self.bn_eps)
@@ -189,13 +209,16 @@ class WeightQuantizer(Quantizer):
         wf = w * fold if fold is not None else w
         with torch.no_grad():
             lo, hi = self._weight_range(wf.detach())
-            self.scale, self.zero_point = P.choose_qparams(lo, hi, self.qtype,
-                                                           self.point.symmetric)
+            self.scale, self.zero_point = P.choose_qparams(lo, hi, self.qtype, self.point.symmetric)
         out = self._apply_qparams(wf, self.scale, self.zero_point)
         return out / fold if fold is not None else out
 
-    def forward(self, w: torch.Tensor, bn_weight: torch.Tensor | None = None,
-                bn_var: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        w: torch.Tensor,
+        bn_weight: torch.Tensor | None = None,
+        bn_var: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if not self.enabled:
             return w
         if self.qtype.is_floating_point:

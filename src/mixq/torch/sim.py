@@ -15,14 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import fx, nn
 
 from mixq.errors import CalibrationError
 from mixq.graph.fusion import find_fusion_groups
-from mixq.graph.ir import Graph
+from mixq.graph.ir import Graph, Op
 from mixq.graph.points import QuantPoint, quantization_points
 from mixq.plan import Plan
 from mixq.progress import progress_bar
@@ -55,8 +55,12 @@ class Sim(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.module(*args, **kwargs)
 
-    def calibrate(self, batches: Iterable[Any], observer: str | dict[str, str] | None = None,
-                  progress: bool = True) -> Sim:
+    def calibrate(
+        self,
+        batches: Iterable[Any],
+        observer: str | dict[str, str] | None = None,
+        progress: bool = True,
+    ) -> Sim:
         """Run ``batches`` through the float model and set every activation range.
 
         Args:
@@ -88,8 +92,10 @@ class Sim(nn.Module):
         if count == 0:
             for q in acts:
                 q.observing, q.observer = False, None
-            raise CalibrationError("calibration data is empty: pass an iterable with at least "
-                                   "one batch of model inputs")
+            raise CalibrationError(
+                "calibration data is empty: pass an iterable with at least "
+                "one batch of model inputs"
+            )
         for q in acts:
             q.stop_observing()
         return self
@@ -107,8 +113,10 @@ class Sim(nn.Module):
     def _check_names(self, names: Iterable[str]) -> None:
         unknown = [n for n in names if n not in self._quantizers]
         if unknown:
-            raise KeyError(f"no quantizer named {unknown[:3]}; sim.quantizers lists the "
-                           f"{len(self._quantizers)} names")
+            raise KeyError(
+                f"no quantizer named {unknown[:3]}; sim.quantizers lists the "
+                f"{len(self._quantizers)} names"
+            )
 
     def set_enabled(self, names: Iterable[str] | None, enabled: bool) -> None:
         """Switch the named quantizers (all when ``names`` is None) on or off."""
@@ -159,14 +167,26 @@ class Sim(nn.Module):
         """How each op's precision was decided, and the quantizers that follow from it."""
         table = self.plan.table()
         counts = ", ".join(f"{k}: {v}" for k, v in sorted(self.plan.precision_counts().items()))
-        lines = [f"{len(self.plan)} ops, {len(self._quantizers)} quantizers; outputs by "
-                 f"precision: {counts}", "", table.to_text()]
+        lines = [
+            f"{len(self.plan)} ops, {len(self._quantizers)} quantizers; outputs by "
+            f"precision: {counts}",
+            "",
+            table.to_text(),
+        ]
         return "\n".join(lines)
 
     def quantizer_table(self) -> Table:
-        rows = [{"name": p.name, "kind": p.kind, "precision": p.precision, "op": p.op,
-                 "axis": p.axis, "enabled": self._quantizers[p.name].enabled}
-                for p in self.points]
+        rows = [
+            {
+                "name": p.name,
+                "kind": p.kind,
+                "precision": p.precision,
+                "op": p.op,
+                "axis": p.axis,
+                "enabled": self._quantizers[p.name].enabled,
+            }
+            for p in self.points
+        ]
         return Table(rows, title="quantizers")
 
 
@@ -200,8 +220,12 @@ class _Inserter:
         target = self._register(ActivationQuantizer(point, self.sim.plan.scheme.observer))
         with self.fx_graph.inserting_after(node):
             q = self.fx_graph.call_module(target, (node,))
-        node.replace_all_uses_with(q, delete_user_cb=lambda u: u is not q and not (
-            u.op == "call_module" and u.target == "_guards_fn"))
+        node.replace_all_uses_with(
+            q,
+            delete_user_cb=lambda u: (
+                u is not q and not (u.op == "call_module" and u.target == "_guards_fn")
+            ),
+        )
         self.current[point.target] = q
 
     def _conversion(self, point: QuantPoint) -> None:
@@ -223,24 +247,27 @@ class _Inserter:
         args: tuple[Any, ...] = (w_node,)
         eps = None
         if bn is not None:
-            args = (w_node, self._attr(bn.attrs.get("bn_weight")),
-                    self._attr(bn.attrs.get("bn_running_var")))
-            eps = float(bn.attrs.get("bn_eps", 1e-5))  # type: ignore[arg-type]
-        axis = int(op.attrs.get("weight_axis", 0))  # type: ignore[call-overload]
+            args = (
+                w_node,
+                self._attr(bn.attrs.get("bn_weight")),
+                self._attr(bn.attrs.get("bn_running_var")),
+            )
+            eps = float(cast(float, bn.attrs.get("bn_eps", 1e-5)))
+        axis = int(cast(int, op.attrs.get("weight_axis", 0)))
         target = self._register(WeightQuantizer(point, bn_eps=eps, out_axis=axis))
         with self.fx_graph.inserting_before(op_node):
             q = self.fx_graph.call_module(target, args)
         op_node.replace_input_with(w_node, q)
 
-    def _following_bn(self, op_name: str):  # type: ignore[no-untyped-def]
+    def _following_bn(self, op_name: str) -> Op | None:
+        """The batch-norm fused after a conv / linear, whose scale folds into its weight."""
         group = self.groups[op_name]
-        kinds = [self.cap.graph.ops[n] for n in group.ops]
-        if group.anchor == op_name and self.cap.graph.ops[op_name].kind in {"conv", "linear",
-                                                                           "conv_transpose"}:
-            return next((o for o in kinds[1:] if o.kind == "batch_norm"
-                         and o.attrs.get("bn_running_var")), None)
-        return None
+        if group.anchor != op_name:
+            return None
+        members = [self.cap.graph.ops[n] for n in group.ops[1:]]
+        return next(
+            (o for o in members if o.kind == "batch_norm" and o.attrs.get("bn_running_var")), None
+        )
 
     def _attr(self, name: object) -> fx.Node | None:
         return self.get_attrs.get(str(name)) if name else None
-

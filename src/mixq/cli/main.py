@@ -1,0 +1,73 @@
+"""`mixq` commands. Each parses its arguments and calls one library function.
+
+Example:
+    $ mixq demo --out out/demo
+    $ mixq plan mixq.zoo:resnet_like --config cfg.yaml --out out/plan
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Mixed-precision quantization: plan, simulate, analyse, export.",
+)
+console = Console()
+
+
+def load_model(spec: str) -> tuple[Any, Any]:
+    """``package.module:factory`` -> the factory's ``(model, example_inputs)``."""
+    if ":" not in spec:
+        raise typer.BadParameter(
+            f"{spec!r} is not 'package.module:factory' (ONNX files are not supported yet)"
+        )
+    module_name, factory = spec.split(":", 1)
+    try:
+        fn = getattr(importlib.import_module(module_name), factory)
+    except (ImportError, AttributeError) as e:
+        raise typer.BadParameter(f"cannot load {spec!r}: {e}") from None
+    return fn()
+
+
+@app.command()
+def demo(
+    out: Annotated[Path | None, typer.Option(help="folder for the table and plan")] = None,
+    epochs: Annotated[int, typer.Option(help="training epochs")] = 20,
+) -> None:
+    """Train a small CNN on scikit-learn's digits and compare fp32 ... int4 side by side."""
+    from mixq.demo import run_demo
+
+    table = run_demo(out, epochs=epochs)
+    console.print(table.to_text())
+    if out is not None:
+        console.print(f"saved demo.csv, demo.txt and mixed_plan.yaml in {out}")
+
+
+@app.command()
+def plan(
+    model: Annotated[str, typer.Argument(help="package.module:factory")],
+    config: Annotated[str, typer.Option(help="precision name or config YAML")] = "int8",
+    out: Annotated[Path | None, typer.Option(help="folder for plan.yaml")] = None,
+) -> None:
+    """Resolve a config against a model and print the plan, changing nothing."""
+    import mixq
+
+    net, inputs = load_model(model)
+    sim = mixq.quantize(net, inputs, config)
+    console.print(sim.plan.table().to_text(), soft_wrap=True)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        console.print(f"saved {sim.plan.save(out / 'plan.yaml')}")
+
+
+def main() -> None:
+    app()

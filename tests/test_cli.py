@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from mixq.cli.main import app
+
+runner = CliRunner()
+
+
+@pytest.mark.slow
+def test_demo_prints_every_precision_and_saves_files(tmp_path):
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--epochs", "4"])
+    assert result.exit_code == 0, result.output
+    for label in ["fp32", "fp16", "bf16", "int16", "int8", "w4a8", "mixed"]:
+        assert label in result.output
+    rows = (tmp_path / "demo.csv").read_text().splitlines()
+    assert len(rows) == 8  # header + 7 precisions
+    fp32 = dict(zip(rows[0].split(","), rows[1].split(","), strict=True))
+    assert fp32["SQNR dB"] == "inf" and float(fp32["accuracy %"]) > 80
+    assert (tmp_path / "mixed_plan.yaml").read_text().startswith("mixq_plan: 1")
+
+
+def test_plan_command_prints_and_saves(tmp_path):
+    result = runner.invoke(
+        app, ["plan", "mixq.zoo:resnet_like", "--config", "int16", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "block.conv1" in result.output and "int16" in result.output
+    assert (tmp_path / "plan.yaml").exists()
+
+
+def test_bad_model_spec_is_explained():
+    result = runner.invoke(app, ["plan", "no_such_module:factory"])
+    assert result.exit_code != 0 and "cannot load" in result.output
