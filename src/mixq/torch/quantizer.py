@@ -213,6 +213,13 @@ class WeightQuantizer(Quantizer):
         out = self._apply_qparams(wf, self.scale, self.zero_point)
         return out / fold if fold is not None else out
 
+    def _fake_quantize(
+        self, w: torch.Tensor, bn_weight: torch.Tensor | None, bn_var: torch.Tensor | None
+    ) -> torch.Tensor:
+        if self.qtype.is_floating_point:
+            return P.cast(w, self.qtype).to(w.dtype)
+        return self._quantize(w, self._fold_scale(w, bn_weight, bn_var))
+
     def forward(
         self,
         w: torch.Tensor,
@@ -221,13 +228,11 @@ class WeightQuantizer(Quantizer):
     ) -> torch.Tensor:
         if not self.enabled:
             return w
-        if self.qtype.is_floating_point:
-            return P.cast(w, self.qtype).to(w.dtype)
-        fold = self._fold_scale(w, bn_weight, bn_var)
         if torch.is_grad_enabled() and w.requires_grad:
             self._cache = None
-            return self._quantize(w, fold)
+            return self._fake_quantize(w, bn_weight, bn_var)
+        # Weights rarely change between forwards: reuse the result until one of them does.
         key = tuple((t.data_ptr(), t._version) for t in (w, bn_weight, bn_var) if t is not None)
         if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self._quantize(w, fold))
+            self._cache = (key, self._fake_quantize(w, bn_weight, bn_var))
         return self._cache[1]
