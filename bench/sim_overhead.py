@@ -23,8 +23,9 @@ def _time(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def alternate(float_fn: Callable[[], Any], sim_fn: Callable[[], Any], pairs: int = 15
-              ) -> tuple[float, float, float]:
+def alternate(
+    float_fn: Callable[[], Any], sim_fn: Callable[[], Any], pairs: int = 15
+) -> tuple[float, float, float]:
     """Median float time, median sim time and median per-pair ratio (A B A B ...)."""
     for _ in range(3):  # warm-up
         float_fn()
@@ -41,8 +42,10 @@ def bench(name: str, model: torch.nn.Module, inputs: tuple[Any, ...]) -> None:
     sim = mixq.quantize(model, inputs, "int8").calibrate([inputs], progress=False)
     with torch.no_grad():
         f, s, r = alternate(lambda: model(*inputs), lambda: sim(*inputs))
-    print(f"{name:<34} float {f * 1e3:8.2f} ms   sim int8 {s * 1e3:8.2f} ms   "
-          f"ratio {r:5.2f}x  ({len(sim.quantizers)} quantizers)")
+    print(
+        f"{name:<34} float {f * 1e3:8.2f} ms   sim int8 {s * 1e3:8.2f} ms   "
+        f"ratio {r:5.2f}x  ({len(sim.quantizers)} quantizers)"
+    )
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ Example:
     >>> import torch
     >>> ref = torch.tensor([1.0, 2.0, 3.0])
     >>> round(sqnr(ref, ref + 0.01), 1)
-    60.7
+    46.7
 """
 
 from __future__ import annotations
