@@ -10,7 +10,7 @@ Example:
     torch.Size([8, 4])
 """
 
-from mixq import primitives
+from mixq import analysis, primitives, zoo
 from mixq.api import quantize
 from mixq.config import Config, Granularity, Precision, Request, Scheme
 from mixq.errors import CalibrationError, CaptureError, ConfigError, ConflictError, MixqError
@@ -36,7 +36,9 @@ __all__ = [
     "Request",
     "Scheme",
     "Table",
+    "analysis",
     "primitives",
     "qtype",
     "quantize",
+    "zoo",
 ]
