@@ -17,7 +17,7 @@ from typing import Any
 from mixq.config import Config
 from mixq.errors import ConfigError
 from mixq.graph.ir import Graph
-from mixq.graph.resolve import resolve
+from mixq.graph.resolve import Resolution, resolve_with_report
 from mixq.plan import Plan
 
 __all__ = ["quantize"]
@@ -25,16 +25,17 @@ __all__ = ["quantize"]
 ConfigLike = Config | Plan | dict[str, Any] | tuple[str, str] | str | Path | None
 
 
-def _plan_for(graph: Graph, config: ConfigLike) -> Plan:
+def _resolve(model: Any, graph: Graph, config: ConfigLike, strict: bool) -> Resolution:
     if isinstance(config, Plan):
-        return _check_plan(graph, config, "the plan")
+        return Resolution(_check_plan(graph, config, "the plan"), notes=["plan given as is"])
     if (
         isinstance(config, (str, Path))
         and str(config).endswith((".yaml", ".yml"))
         and Plan.is_plan_file(config)
     ):
-        return _check_plan(graph, Plan.load(config), str(config))
-    return resolve(graph, Config.coerce(config))
+        plan = _check_plan(graph, Plan.load(config), str(config))
+        return Resolution(plan, notes=[f"plan loaded from {config}"])
+    return resolve_with_report(graph, Config.coerce(config).bind(model), strict)
 
 
 def _check_plan(graph: Graph, plan: Plan, source: str) -> Plan:
@@ -77,4 +78,4 @@ def quantize(
     from mixq.torch.sim import Sim
 
     captured = capture(model, example_inputs)
-    return Sim(captured, _plan_for(captured.graph, config))
+    return Sim(captured, _resolve(model, captured.graph, config, strict))

@@ -13,7 +13,7 @@ import torch
 
 from mixq.analysis.metrics import sqnr
 from mixq.api import quantize
-from mixq.config import Config
+from mixq.config import Config, Request
 from mixq.progress import progress_bar
 from mixq.qtypes import qtype
 from mixq.table import Table
@@ -91,7 +91,8 @@ def run_demo(out: str | Path | None = None, epochs: int = 20) -> Table:
     model, data = train_digits_cnn(epochs=epochs, progress=True)
     mixed = mixed_config(model, data)
     configs = demo_configs()
-    configs["mixed: int8, a16 on " + ", ".join(r.target for r in mixed.rules)] = mixed
+    raised = [r.target for r in mixed.rules if isinstance(r, Request)]
+    configs["mixed: int8, a16 on " + ", ".join(raised)] = mixed
     rows = [
         {"precision": label, **evaluate_precision(model, data, config)}
         for label, config in progress_bar(configs.items(), "quantizing", total=len(configs))

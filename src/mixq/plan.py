@@ -21,8 +21,9 @@ from typing import Any
 
 import yaml
 
-from mixq.config import Precision, Scheme, _check_keys, _read_yaml
+from mixq.config_types import Precision, Scheme, read_yaml
 from mixq.errors import ConfigError
+from mixq.rules import check_keys
 from mixq.table import Table
 
 __all__ = ["PLAN_VERSION", "OpPlan", "Plan"]
@@ -55,7 +56,7 @@ class OpPlan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OpPlan:
-        _check_keys(data, cls, f"plan op {data.get('name', '?')!r}")
+        check_keys(data, cls, f"plan op {data.get('name', '?')!r}")
         return cls(
             name=data["name"],
             kind=data["kind"],
@@ -70,6 +71,8 @@ class OpPlan:
 @dataclass
 class Plan:
     ops: dict[str, OpPlan] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)  # model input tensor -> precision
+    fixed_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     default: Precision = field(default_factory=lambda: Precision("int8", "int8"))
     scheme: Scheme = field(default_factory=Scheme)
     target: str = "generic"
@@ -116,13 +119,13 @@ class Plan:
         return counts
 
     def to_dict(self) -> dict[str, Any]:
-        scheme = asdict(self.scheme)
-        scheme["weight_granularity"] = self.scheme.weight_granularity.value
         return {
             "mixq_plan": self.version,
             "target": self.target,
             "default": asdict(self.default),
-            "scheme": scheme,
+            "scheme": self.scheme.to_dict(),
+            "inputs": dict(self.inputs),
+            "fixed_ranges": {k: list(v) for k, v in self.fixed_ranges.items()},
             "ops": [o.to_dict() for o in self.ops.values()],
         }
 
@@ -139,17 +142,17 @@ class Plan:
                 f"plan version {version} is newer than this mixq understands "
                 f"({PLAN_VERSION}); upgrade mixq"
             )
-        allowed = {"mixq_plan", "target", "default", "scheme", "ops"}
-        if set(data) - allowed:
-            raise ConfigError(
-                f"unknown key(s) {sorted(set(data) - allowed)} in plan; allowed "
-                f"keys are {sorted(allowed)}"
-            )
+        keys = {"mixq_plan", "target", "default", "scheme", "inputs", "fixed_ranges", "ops"}
+        check_keys(data, keys, "plan")
         ops = [OpPlan.from_dict(o) for o in data.get("ops") or []]
         return cls(
             ops={o.name: o for o in ops},
             default=Precision.parse(data.get("default", "int8"), "default"),
-            scheme=Scheme(**(data.get("scheme") or {})),
+            scheme=Scheme.from_dict(data.get("scheme")),
+            inputs=dict(data.get("inputs") or {}),
+            fixed_ranges={
+                k: (float(v[0]), float(v[1])) for k, v in (data.get("fixed_ranges") or {}).items()
+            },
             target=str(data.get("target", "generic")),
             version=version,
         )
@@ -161,9 +164,9 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
-        return cls.from_dict(_read_yaml(path))
+        return cls.from_dict(read_yaml(path))
 
     @staticmethod
     def is_plan_file(path: str | Path) -> bool:
         """True if the YAML file at ``path`` is a saved Plan rather than a Config."""
-        return "mixq_plan" in _read_yaml(path)
+        return "mixq_plan" in read_yaml(path)

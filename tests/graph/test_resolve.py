@@ -56,7 +56,8 @@ def test_fused_group_runs_at_one_precision():
     assert groups["bn"].ops == ("conv", "bn", "relu") and groups["bn"].output == "relu"
     plan = resolve(_graph(), Config().set_precision("relu", activation="int16"))
     assert {plan[n].output for n in ("conv", "bn", "relu")} == {("int16",)}
-    assert plan["conv"].rule == "rules[0] 'relu'"
+    assert plan["relu"].rule == "rules[0] 'relu'"
+    assert plan["conv"].rule == "group conv (rules[0] 'relu')"
 
 
 def test_data_movement_inherits_its_input():
@@ -70,7 +71,7 @@ def test_data_movement_inherits_its_input():
 
 
 def test_unknown_op_name_is_an_error_with_candidates():
-    with pytest.raises(ConfigError, match=r"no op named .fc2.*mixq plan"):
+    with pytest.raises(ConfigError, match=r"no op matches 'fc2'; close matches: \['fc'\].*mixq plan"):
         resolve(_graph(), Config().set_precision("fc2", activation="int16"))
 
 

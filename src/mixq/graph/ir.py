@@ -80,6 +80,8 @@ class Graph:
     tensors: dict[str, Tensor] = field(default_factory=dict)
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    # module path -> qualified names of its class and base classes (for rules by class)
+    modules: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def add_input(self, name: str, dtype: str, shape: tuple[int | None, ...] | None = None) -> None:
         self.tensors[name] = Tensor(
@@ -88,15 +90,22 @@ class Graph:
         self.inputs.append(name)
 
     def add_op(self, op: Op, dtypes: dict[str, str] | None = None) -> None:
-        """Append an op (after its inputs' producers) and register its output tensors."""
+        """Append an op (after its inputs' producers) and register its output tensors.
+
+        Float outputs carry activations when the op reads weights or an activation; float
+        tensors computed only from integer inputs and constants (attention masks, position
+        tables) do not.
+        """
         if op.name in self.ops:
             raise ValueError(f"duplicate op name {op.name!r}")
         self.ops[op.name] = op
         for t in op.inputs:
             self.tensors[t].consumers.append(op.name)
+        carries = bool(op.weights) or any(self.tensors[t].quantizable for t in op.inputs)
         for t in op.outputs:
             dtype = (dtypes or {}).get(t, "float32")
             self.tensors[t] = Tensor(t, dtype, op.name)
+            self.tensors[t].quantizable = carries and self.tensors[t].is_float
 
     def producer(self, tensor: str) -> Op | None:
         p = self.tensors[tensor].producer

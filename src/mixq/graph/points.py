@@ -149,7 +149,7 @@ def _weight_granularity(
 
 def quantization_points(graph: Graph, plan: Plan) -> list[QuantPoint]:
     """Every quantizer the plan needs, in graph order; fp32 points are left out."""
-    produced = tensor_precisions(graph, plan.ops)
+    produced = tensor_precisions(graph, plan.ops, plan.inputs)
     points = (
         _activation_points(graph, plan, produced)
         + _conversion_points(graph, plan, produced)

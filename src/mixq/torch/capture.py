@@ -111,7 +111,15 @@ def capture(model: torch.nn.Module, example_inputs: Any) -> Captured:
     model = copy.deepcopy(model).eval()
     ep = _export(model, args, kwargs)
     leaves = {name for name, m in model.named_modules() if not any(m.children())}
-    return _GraphBuilder(ep.module(), leaves).build()
+    captured = _GraphBuilder(ep.module(), leaves).build()
+    captured.graph.modules = {name: _class_names(m) for name, m in model.named_modules()}
+    return captured
+
+
+def _class_names(module: torch.nn.Module) -> tuple[str, ...]:
+    """Qualified names of the module's class and its bases, up to nn.Module."""
+    mro = type(module).__mro__
+    return tuple(f"{c.__module__}.{c.__qualname__}" for c in mro[: mro.index(torch.nn.Module)])
 
 
 def split_inputs(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -176,7 +184,6 @@ class _GraphBuilder:
                     for n in outs
                     if isinstance(n, fx.Node) and n in self.tensor_of
                 ]
-        _mark_quantizable(self.graph)
         return self.cap
 
     def _keep(self, node: fx.Node) -> bool:
@@ -284,16 +291,3 @@ def _bn_attrs(node: fx.Node) -> dict[str, object]:
         "bn_running_var": target(args[4]),
         "bn_eps": float(cast(float, args[eps_index])) if len(args) > eps_index else 1e-5,
     }
-
-
-def _mark_quantizable(graph: Graph) -> None:
-    """Float tensors that derive from float inputs or weights carry activations.
-
-    Float tensors computed only from integer inputs and constants (attention masks,
-    position tables) stay unquantized.
-    """
-    for op in graph:
-        carries = bool(op.weights) or any(graph.tensors[t].quantizable for t in op.inputs)
-        for t in op.outputs:
-            tensor = graph.tensors[t]
-            tensor.quantizable = carries and tensor.is_float

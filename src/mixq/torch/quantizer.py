@@ -92,24 +92,43 @@ class ActivationQuantizer(Quantizer):
     def start_observing(self, observer: str | None = None) -> None:
         self.observer_name = observer or self.observer_name
         self.observing = True
-        if self.fixed_range is None and not self.qtype.is_floating_point:
-            self.observer = make_observer(
-                self.observer_name, dtype=self.qtype, symmetric=self.point.symmetric
-            )
+        if not self.qtype.is_floating_point:
+            # A fixed range is kept, but the data is still watched to check it covers it.
+            name = "minmax" if self.fixed_range is not None else self.observer_name
+            self.observer = make_observer(name, dtype=self.qtype, symmetric=self.point.symmetric)
 
-    def stop_observing(self) -> None:
-        """Turn the statistics seen so far into a scale and zero point."""
+    def stop_observing(self) -> str | None:
+        """Turn the statistics seen so far into a scale and zero point.
+
+        Returns:
+            For a fixed range that does not cover the calibrated one, a note saying so.
+        """
         self.observing = False
-        if self.observer is None:
-            return
-        if not self.observer.has_data:
+        observer, self.observer = self.observer, None
+        if observer is None:
+            return None
+        if not observer.has_data:
             raise CalibrationError(
                 f"quantizer {self.name!r} saw no data during calibration: "
                 "the calibration batches never reached this tensor"
             )
-        lo, hi = self.observer.compute_range()
+        lo, hi = observer.compute_range()
+        if self.fixed_range is not None:
+            return self._coverage_note(float(lo), float(hi))
         self._set_qparams(lo, hi)
-        self.observer = None
+        return None
+
+    def _coverage_note(self, lo: float, hi: float) -> str | None:
+        assert self.scale is not None and self.zero_point is not None and self.fixed_range
+        s, zp = float(self.scale), float(self.zero_point)
+        grid_lo, grid_hi = (self.qtype.qmin - zp) * s, (self.qtype.qmax - zp) * s
+        if lo >= grid_lo - s and hi <= grid_hi + s:
+            return None
+        return (
+            f"fixed range [{self.fixed_range[0]:g}, {self.fixed_range[1]:g}] of {self.name!r} "
+            f"does not cover the calibrated range [{lo:g}, {hi:g}]: values outside are "
+            "clipped; widen the fixed range or remove it"
+        )
 
     def set_range(self, lo: float, hi: float) -> None:
         """Fix the range (e.g. an input known to lie in [0, 200]); calibration skips it."""

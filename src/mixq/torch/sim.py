@@ -13,17 +13,22 @@ Example:
 
 from __future__ import annotations
 
+import difflib
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, cast
 
 import torch
 from torch import fx, nn
 
-from mixq.errors import CalibrationError
+from mixq.errors import CalibrationError, ConfigError
 from mixq.graph.fusion import find_fusion_groups
 from mixq.graph.ir import Graph, Op
 from mixq.graph.points import QuantPoint, quantization_points
+from mixq.graph.report import report_json, report_text
+from mixq.graph.resolve import Resolution
 from mixq.plan import Plan
 from mixq.progress import progress_bar
 from mixq.table import Table
@@ -41,15 +46,35 @@ class Sim(nn.Module):
     computes exactly what the float model computes.
     """
 
-    def __init__(self, captured: Captured, plan: Plan) -> None:
+    def __init__(self, captured: Captured, resolution: Resolution | Plan) -> None:
         super().__init__()
+        if isinstance(resolution, Plan):
+            resolution = Resolution(resolution)
         self.graph: Graph = captured.graph
-        self.plan = plan
-        self.points: list[QuantPoint] = quantization_points(captured.graph, plan)
+        self.resolution = resolution
+        self.plan = resolution.plan
+        self.points: list[QuantPoint] = quantization_points(captured.graph, self.plan)
         self.module = captured.module
         self._quantizers: dict[str, Quantizer] = {}
+        self.calibration_notes: list[str] = []
         _Inserter(self, captured).run()
         self.module.recompile()
+        self._fix_ranges()
+
+    def _fix_ranges(self) -> None:
+        targets = {
+            q.point.target for q in self._quantizers.values() if isinstance(q, ActivationQuantizer)
+        }
+        for tensor, (lo, hi) in self.plan.fixed_ranges.items():
+            if tensor not in targets:
+                close = difflib.get_close_matches(tensor, sorted(targets), n=3)
+                raise ConfigError(
+                    f"fixed range on {tensor!r}, which has no quantizer in this "
+                    f"plan; close tensor names: {close}"
+                )
+            for q in self._quantizers.values():
+                if isinstance(q, ActivationQuantizer) and q.point.target == tensor:
+                    q.set_range(lo, hi)
 
     # -- running ---------------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -96,8 +121,10 @@ class Sim(nn.Module):
                 "calibration data is empty: pass an iterable with at least "
                 "one batch of model inputs"
             )
-        for q in acts:
-            q.stop_observing()
+        notes = [q.stop_observing() for q in acts]
+        self.calibration_notes = [n for n in notes if n]
+        for note in self.calibration_notes:
+            warnings.warn(note, stacklevel=2)
         return self
 
     # -- quantizer switches ------------------------------------------------------------
@@ -163,17 +190,19 @@ class Sim(nn.Module):
         """Scale / zero point (or float type) per quantization point."""
         return {n: q.encoding() for n, q in self._quantizers.items()}
 
-    def resolution_report(self) -> str:
-        """How each op's precision was decided, and the quantizers that follow from it."""
-        table = self.plan.table()
-        counts = ", ".join(f"{k}: {v}" for k, v in sorted(self.plan.precision_counts().items()))
-        lines = [
-            f"{len(self.plan)} ops, {len(self._quantizers)} quantizers; outputs by "
-            f"precision: {counts}",
-            "",
-            table.to_text(),
-        ]
-        return "\n".join(lines)
+    def resolution_report(self, path: str | Path | None = None) -> str:
+        """How each op's precision was decided: requests as given, expanded to ops, final
+        plan, conversions, adjustments. Written to ``path`` too (``.json`` gives JSON)."""
+        text = report_text(self.graph, self.resolution, self.points)
+        if self.calibration_notes:
+            text += "\nCalibration:\n" + "\n".join(f"  {n}" for n in self.calibration_notes)
+        if path is not None:
+            path = Path(path)
+            json_ = path.suffix == ".json"
+            path.write_text(
+                report_json(self.graph, self.resolution, self.points) if json_ else text
+            )
+        return text
 
     def quantizer_table(self) -> Table:
         rows = [
