@@ -24,7 +24,13 @@ def _config() -> Config:
     return cfg.set_precision("fc", activation="int16").set_precision("conv", weight="int8")
 
 
-@pytest.mark.parametrize("make", [_config, _plan], ids=["Config", "Plan"])
+def _target():
+    from mixq import load_target
+
+    return load_target("int8-int16-npu")
+
+
+@pytest.mark.parametrize("make", [_config, _plan, _target], ids=["Config", "Plan", "Target"])
 def test_round_trip_through_dict_and_yaml(make, tmp_path):
     obj = make()
     assert type(obj).from_dict(obj.to_dict()) == obj

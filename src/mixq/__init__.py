@@ -17,6 +17,7 @@ from mixq.errors import CalibrationError, CaptureError, ConfigError, ConflictErr
 from mixq.plan import OpPlan, Plan
 from mixq.qtypes import QTYPES, QType, qtype
 from mixq.table import Table
+from mixq.targets import TargetProfile, load_target
 
 __version__ = "0.1.0"
 
@@ -36,7 +37,9 @@ __all__ = [
     "Request",
     "Scheme",
     "Table",
+    "TargetProfile",
     "analysis",
+    "load_target",
     "primitives",
     "qtype",
     "quantize",

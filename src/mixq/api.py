@@ -20,7 +20,7 @@ from mixq.graph.ir import Graph
 from mixq.graph.resolve import Resolution, resolve_with_report
 from mixq.plan import Plan
 
-__all__ = ["quantize"]
+__all__ = ["plan_model", "quantize"]
 
 ConfigLike = Config | Plan | dict[str, Any] | tuple[str, str] | str | Path | None
 
@@ -79,3 +79,18 @@ def quantize(
 
     captured = capture(model, example_inputs)
     return Sim(captured, _resolve(model, captured.graph, config, strict))
+
+
+def plan_model(
+    model_and_inputs: tuple[Any, Any],
+    config: ConfigLike,
+    target: str | None = None,
+    strict: bool = True,
+) -> Any:
+    """What `mixq plan` runs: resolve ``config`` (with ``target`` overriding its target)."""
+    model, inputs = model_and_inputs
+    if target is not None:
+        config = Config.coerce(config) if not isinstance(config, Plan) else config
+        if isinstance(config, Config):
+            config.target = target
+    return quantize(model, inputs, config, strict=strict)

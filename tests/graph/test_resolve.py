@@ -71,7 +71,9 @@ def test_data_movement_inherits_its_input():
 
 
 def test_unknown_op_name_is_an_error_with_candidates():
-    with pytest.raises(ConfigError, match=r"no op matches 'fc2'; close matches: \['fc'\].*mixq plan"):
+    with pytest.raises(
+        ConfigError, match=r"no op matches 'fc2'; close matches: \['fc'\].*mixq plan"
+    ):
         resolve(_graph(), Config().set_precision("fc2", activation="int16"))
 
 

@@ -56,18 +56,33 @@ def demo(
 def plan(
     model: Annotated[str, typer.Argument(help="package.module:factory")],
     config: Annotated[str, typer.Option(help="precision name or config YAML")] = "int8",
-    out: Annotated[Path | None, typer.Option(help="folder for plan.yaml")] = None,
+    target: Annotated[str | None, typer.Option(help="target profile name or YAML")] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict/--best-effort", help="conflicts raise, or are adjusted")
+    ] = True,
+    out: Annotated[Path | None, typer.Option(help="folder for plan.yaml and the report")] = None,
 ) -> None:
     """Resolve a config against a model and print the plan, changing nothing."""
-    import mixq
+    from mixq.api import plan_model
 
-    net, inputs = load_model(model)
-    sim = mixq.quantize(net, inputs, config)
+    sim = plan_model(load_model(model), config, target=target, strict=strict)
     console.print(sim.plan.table().to_text(), soft_wrap=True)
+    for note in sim.resolution.notes:
+        console.print(note, soft_wrap=True)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        console.print(f"saved {sim.plan.save(out / 'plan.yaml')}")
+        sim.plan.save(out / "plan.yaml")
+        sim.resolution_report(out / "resolution_report.txt")
+        sim.resolution_report(out / "resolution_report.json")
+        console.print(f"saved plan.yaml and resolution_report.txt / .json in {out}")
 
 
 def main() -> None:
-    app()
+    """Entry point: user errors print their message (no traceback) and exit with status 2."""
+    from mixq.errors import MixqError
+
+    try:
+        app()
+    except MixqError as e:
+        Console(stderr=True).print(f"error: {e}", soft_wrap=True)
+        raise SystemExit(2) from None
