@@ -198,6 +198,31 @@ class Config:
             self.rules.append(Request(target, "fp32", "fp32"))
         return self
 
+    def load_keep_dtype(self, path: str | Path) -> Config:
+        """Read an ATC ``--keep_dtype`` file (op names and ``OpType::`` lines)."""
+        from mixq.graph.ascend import op_type_of_kind, parse_keep_dtype
+
+        names, kinds = parse_keep_dtype(Path(path).read_text())
+        return self.keep_dtype(names + [f"OpType::{op_type_of_kind(k)}" for k in kinds])
+
+    def precision_mode_from_files(
+        self,
+        mode: str,
+        keep_dtype: str | Path | None = None,
+        modify_mixlist: str | Path | None = None,
+    ) -> Config:
+        """`precision_mode` with ATC's ``--keep_dtype`` and ``--modify_mixlist`` files."""
+        from mixq.graph.ascend import op_type_of_kind, parse_keep_dtype, parse_modify_mixlist
+
+        entries: list[str] = []
+        if keep_dtype is not None:
+            names, kinds = parse_keep_dtype(Path(keep_dtype).read_text())
+            entries = names + [f"OpType::{op_type_of_kind(k)}" for k in kinds]
+        edits = None
+        if modify_mixlist is not None:
+            edits = parse_modify_mixlist(Path(modify_mixlist).read_text())
+        return self.precision_mode(mode, keep_dtype=entries, modify_mixlist=edits)
+
     def qaic_node_precision(
         self, fp16: list[str] | None = None, fp32: list[str] | None = None
     ) -> Config:

@@ -144,3 +144,20 @@ def test_strict_plan_from_dict_targets_real_names(cnn_model):
     model, inputs, calib = cnn_model
     sim = mixq.quantize(model, inputs, {"default": "int8", "ops": {"fc": "fp16"}})
     assert torch.isfinite(sim.calibrate(calib)(*inputs)).all()
+
+
+def test_atc_files_feed_the_precision_mode(cnn_model, tmp_path):
+    model, inputs, _ = cnn_model
+    keep = tmp_path / "keep_dtype.cfg"
+    keep.write_text("fc\nOpType::Add\n")
+    mixlist = tmp_path / "mixlist.json"
+    mixlist.write_text('{"black-list": {"to-add": ["AdaptiveAvgPool2d", "Conv2D"]}}')
+    cfg = Config().precision_mode_from_files("allow_mix_precision", keep, mixlist)
+    sim = mixq.quantize(model, inputs, cfg)
+    plan = sim.plan
+    assert plan["fc"].output == ("fp32",) and plan["block.add"].output == ("fp32",)
+    assert plan["stem.0"].output == ("fp32",)  # Conv2D moved to the block list
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"black-list": {"to-add": ["MatMul"]}, "white-list": {"to-add": ["MatMul"]}}')
+    with pytest.raises(ConfigError, match="MatMul"):
+        Config().precision_mode_from_files("allow_mix_precision", modify_mixlist=bad)

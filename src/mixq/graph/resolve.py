@@ -228,6 +228,9 @@ class _Resolver:
                 weight = {role: md.weight for role in self.decisions[name].weight}
                 label = f"rules[{i}] {md.reason}"
                 self.decisions[name] = _Decision(md.input, md.output, weight, label, i)
+        if r.modify_mixlist:
+            _, notes = ascend.apply_modify_mixlist(lists, r.modify_mixlist)
+            self.res.notes += [f"modify_mixlist: {n}" for n in notes]
         for unknown in ascend.unknown_keep_dtype_ops(self.graph, names):
             self.res.notes.append(f"warning: keep_dtype names {unknown!r}, not an op of the model")
         self.res.expanded.append(
