@@ -11,6 +11,8 @@ Example:
 """
 
 from mixq import analysis, primitives, zoo
+from mixq.analysis.check import check
+from mixq.analysis.quant_analysis import QuantAnalysis
 from mixq.api import quantize
 from mixq.config import Config, Granularity, Precision, Request, Scheme
 from mixq.errors import CalibrationError, CaptureError, ConfigError, ConflictError, MixqError
@@ -34,11 +36,13 @@ __all__ = [
     "Plan",
     "Precision",
     "QType",
+    "QuantAnalysis",
     "Request",
     "Scheme",
     "Table",
     "TargetProfile",
     "analysis",
+    "check",
     "load_target",
     "primitives",
     "qtype",

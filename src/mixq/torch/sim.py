@@ -56,6 +56,10 @@ class Sim(nn.Module):
         self.points: list[QuantPoint] = quantization_points(captured.graph, self.plan)
         self.module = captured.module
         self._quantizers: dict[str, Quantizer] = {}
+        self.value_nodes: dict[str, str] = {}  # tensor -> fx node holding its final value
+        self.quantizer_nodes: dict[str, str] = {}  # quantizer name -> its fx node
+        self._quantizers_by_attr: dict[str, Quantizer] = {}
+        self.op_nodes: dict[str, str] = {}  # op name -> its fx node
         self.calibration_notes: list[str] = []
         _Inserter(self, captured).run()
         self.module.recompile()
@@ -237,9 +241,18 @@ class _Inserter:
                 self._conversion(point)
             else:
                 self._activation(point)
+        # where the analyses find each tensor as the rest of the model sees it
+        self.sim.value_nodes = {t: n.name for t, n in self.current.items()}
+        self.sim.op_nodes = {op: n.name for op, n in self.cap.op_nodes.items()}
+        self.sim.quantizer_nodes = {
+            self.sim._quantizers_by_attr[str(n.target)].name: n.name
+            for n in self.fx_graph.nodes
+            if n.op == "call_module" and str(n.target).startswith("mixq_q")
+        }
 
     def _register(self, quantizer: Quantizer) -> str:
         target = f"mixq_q{len(self.sim._quantizers)}"
+        self.sim._quantizers_by_attr[target] = quantizer
         self.cap.module.add_module(target, quantizer)
         self.sim._quantizers[quantizer.name] = quantizer
         return target

@@ -1,0 +1,187 @@
+"""The advisor: reads the analysis tables and says what to try, one line per finding.
+
+Example:
+    >>> # advise(qa).rows[0]
+    >>> # {'op': 'encoder.layer.1.output.dense', 'issue': 'range +-38.2 is wide for int8 ...',
+    >>> #  'advice': "try int16: set_precision('encoder.layer.1.output.dense', activation='int16')"}
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from mixq.qtypes import qtype
+from mixq.table import Table
+from mixq.torch.quantizer import ActivationQuantizer
+
+__all__ = ["OVERWIDE", "WIDE_INT8_RANGE", "advise"]
+
+# |x| beyond which int8's 256 steps are coarse (Horizon's advisor uses the same idea).
+WIDE_INT8_RANGE = 10.0
+# a calibrated range this many times wider than the data actually seen is suspicious
+OVERWIDE = 20.0
+_TOP = 0.1  # "sensitive" = in the top 10 % of a sensitivity table
+
+
+def _row(op: str, issue: str, advice: str) -> dict[str, str]:
+    return {"op": op, "issue": issue, "advice": advice}
+
+
+def _nonfinite(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    out = []
+    for r in rows:
+        values = [r[k] for k in ("float_min", "float_max", "quant_min", "quant_max")]
+        if not all(math.isfinite(v) for v in values):
+            out.append(
+                _row(
+                    r["op"],
+                    "NaN / Inf in the output",
+                    "check the float model on this "
+                    "input and the quantizer's scale (a zero or infinite range)",
+                )
+            )
+    return out
+
+
+def _wide_int8(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    out = []
+    for r in rows:
+        amax = max(abs(r["float_min"]), abs(r["float_max"]))
+        if r["precision"] in ("int8", "uint8") and amax > WIDE_INT8_RANGE:
+            step = f", step {r['scale']:.3g}" if r.get("scale") else ""
+            out.append(
+                _row(
+                    r["op"],
+                    f"range +-{amax:.3g} is wide for int8{step}",
+                    f"try int16: set_precision({r['op']!r}, activation='int16')",
+                )
+            )
+    return out
+
+
+def _grid(sim: Any, op: str) -> tuple[float, float, float] | None:
+    """(lo, hi, step) of the op's output quantizer, for a per-tensor integer one."""
+    q = sim._quantizers.get(sim.graph.float_outputs(sim.graph.ops[op])[0])
+    if not isinstance(q, ActivationQuantizer) or q.scale is None or q.zero_point is None:
+        return None
+    if q.scale.numel() != 1:
+        return None
+    s, zp, t = float(q.scale), float(q.zero_point), qtype(q.qtype)
+    return (t.qmin - zp) * s, (t.qmax - zp) * s, s
+
+
+def _overwide(sim: Any, rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    out = []
+    for r in rows:
+        grid = _grid(sim, r["op"])
+        width = r["float_max"] - r["float_min"]
+        if grid is not None and width > 0 and grid[1] - grid[0] > OVERWIDE * width:
+            ratio = (grid[1] - grid[0]) / width
+            out.append(
+                _row(
+                    r["op"],
+                    f"calibrated range [{grid[0]:.3g}, {grid[1]:.3g}] is "
+                    f"{ratio:.0f}x wider than this input's [{r['float_min']:.3g}, "
+                    f"{r['float_max']:.3g}]: a rare outlier in the calibration data?",
+                    "try a clipping observer (percentile, mse, mix) for it, or int16",
+                )
+            )
+    return out
+
+
+def _uncovered(sim: Any, rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    out = []
+    for r in rows:
+        grid = _grid(sim, r["op"])
+        if grid is None:
+            continue
+        lo, hi, s = grid
+        if r["float_max"] > hi + s or r["float_min"] < lo - s:
+            out.append(
+                _row(
+                    r["op"],
+                    f"scale covers [{lo:.3g}, {hi:.3g}] but this input gives "
+                    f"[{r['float_min']:.3g}, {r['float_max']:.3g}]",
+                    "calibration data too small or biased: calibrate on more varied "
+                    "samples (include this one), or use a wider observer",
+                )
+            )
+    return out
+
+
+def _asymmetric_inputs(sim: Any, inputs: dict[str, tuple[float, float]]) -> list[dict[str, str]]:
+    if not sim.plan.scheme.activation_symmetric:
+        return []
+    out = []
+    for name, (lo, hi) in inputs.items():
+        if hi > lo and abs(lo + hi) > 0.5 * (hi - lo):
+            out.append(
+                _row(
+                    name,
+                    f"model input lies in [{lo:.3g}, {hi:.3g}], far from "
+                    "symmetric about 0, with symmetric activations",
+                    "normalise the input symmetrically about 0, or use asymmetric "
+                    "activations (scheme activation_symmetric: false)",
+                )
+            )
+    return out
+
+
+def _integer_outputs(sim: Any) -> list[dict[str, str]]:
+    out = []
+    for tensor in sim.graph.outputs:
+        q = sim._quantizers.get(tensor)
+        if isinstance(q, ActivationQuantizer) and not q.qtype.is_floating_point:
+            out.append(
+                _row(
+                    tensor,
+                    f"model output leaves the model as {q.qtype.name}",
+                    "float outputs are usual on the last layer: "
+                    "set_model_output_precision(['fp32']) (or int16)",
+                )
+            )
+    return out
+
+
+def _both_sensitive(tables: dict[str, Table]) -> list[dict[str, str]]:
+    def top(kind: str) -> set[str]:
+        rows = [
+            r
+            for t in tables.values()
+            if t.title.startswith("sensitivity")
+            for r in t.rows
+            if r["kind"] == kind
+        ]
+        count = max(1, math.ceil(len(rows) * _TOP))
+        return {r["op"] for r in rows[:count]}
+
+    both = top("activation") & top("weight")
+    return [
+        _row(
+            op,
+            "both its activation and its weight are among the most sensitive",
+            "raise both to int16 if the target allows it (int8-int16-npu does not: "
+            "then fp16), or raise the activation and check the weight separately",
+        )
+        for op in sorted(both)
+    ]
+
+
+def advise(qa: Any) -> Table:
+    """What to try, from the tables ``qa`` (a `QuantAnalysis`) has made so far."""
+    sim = qa.sim
+    compare = qa.tables.get("compare_accumulated")
+    rows = compare.rows if compare is not None else []
+    findings = (
+        _nonfinite(rows)
+        + _wide_int8(rows)
+        + _overwide(sim, rows)
+        + _uncovered(sim, rows)
+        + _asymmetric_inputs(sim, qa.input_ranges())
+        + _integer_outputs(sim)
+        + _both_sensitive(qa.tables)
+    )
+    table = Table(findings, title="advice", columns=["op", "issue", "advice"])
+    qa.tables["advice"] = table
+    return table

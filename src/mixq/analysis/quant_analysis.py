@@ -1,0 +1,306 @@
+"""Find where a quantized model goes wrong: bad cases, layer-by-layer comparison, sensitivity.
+
+Example:
+    >>> import torch, mixq
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> data = [(torch.randn(16, 4),) for _ in range(2)]
+    >>> sim = mixq.quantize(model, data[0], "int8").calibrate(data, progress=False)
+    >>> qa = QuantAnalysis(sim)
+    >>> bad = qa.find_bad_cases(data, metric="cosine", progress=False)
+    >>> table = qa.compare_layers(view="isolated", progress=False)
+    >>> [row["op"] for row in table.rows]
+    ['1', '2']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils import _pytree as pytree
+
+from mixq.analysis.advisor import advise
+from mixq.analysis.badcases import (
+    BadCases,
+    compared_outputs,
+    find_bad_cases,
+    hardest_rows,
+    sample_batch,
+)
+from mixq.analysis.metrics import METRICS, Metric, get_metric
+from mixq.analysis.runner import GraphRunner, Run
+from mixq.graph.fusion import find_fusion_groups
+from mixq.graph.kinds import is_data_movement
+from mixq.progress import progress_bar
+from mixq.table import Table
+from mixq.torch.quantizer import ActivationQuantizer
+
+__all__ = ["COMPARE_METRICS", "QuantAnalysis"]
+
+COMPARE_METRICS = ("cosine", "mse", "l1", "kl", "sqnr", "atol", "rtol")
+
+
+def _stats(prefix: str, t: torch.Tensor) -> dict[str, float]:
+    t = t.detach().double()
+    return {
+        f"{prefix}_min": float(t.min()),
+        f"{prefix}_max": float(t.max()),
+        f"{prefix}_mean": float(t.mean()),
+        f"{prefix}_var": float(t.var(unbiased=False)),
+    }
+
+
+class QuantAnalysis:
+    """The debugging workflow of Horizon's QuantAnalysis on any captured model.
+
+    Args:
+        sim: a calibrated Sim; its quantizer switches are used, never left changed.
+    """
+
+    def __init__(self, sim: Any) -> None:
+        self.sim = sim
+        self.runner = GraphRunner(sim)
+        self.bad: BadCases | None = None
+        self.tables: dict[str, Table] = {}
+        self._rows_used = 0
+        groups = find_fusion_groups(sim.graph)
+        self._ops = [
+            op
+            for op in sim.graph
+            if op.name in sim.plan.ops
+            and not is_data_movement(op.kind)
+            and groups[op.name].ops[-1] == op.name
+            and sim.graph.float_outputs(op)
+        ]
+        self._groups = groups
+
+    # -- bad cases -------------------------------------------------------------------------
+    def find_bad_cases(
+        self,
+        data: Iterable[Any],
+        metric: str = "cosine",
+        num_steps: int | None = None,
+        custom_metric: Metric | None = None,
+        progress: bool = True,
+    ) -> BadCases:
+        """Compare float and quantized outputs sample by sample; keep the worst ones.
+
+        Args:
+            data: batches of model inputs (the batch dimension is dim 0).
+            metric: the metric whose worst sample later analyses run on.
+            num_steps: stop after this many batches.
+            custom_metric: an extra `Metric` (see `mixq.analysis.metrics.register_metric`).
+        """
+        metrics = [get_metric(m) for m in ("cosine", "mse", "l1", "kl", "sqnr")]
+        if custom_metric is not None:
+            metrics.append(custom_metric)
+        self.bad = find_bad_cases(
+            self.runner, data, metrics, get_metric(metric), num_steps, progress
+        )
+        for name, table in self.bad.tables().items():
+            self.tables[name] = table
+        return self.bad
+
+    def _data(self, data: Any) -> list[Any]:
+        if data is not None:
+            return list(data) if isinstance(data, list) else [data]
+        if self.bad is None:
+            raise ValueError("no data: run find_bad_cases(data) first or pass data=...")
+        return [self.bad.bad_case]
+
+    # -- layer-by-layer comparison ---------------------------------------------------------------
+    def compare_layers(
+        self, view: str = "accumulated", data: Any = None, progress: bool = True
+    ) -> Table:
+        """Per op: float vs quantized output, on the bad case (or ``data``).
+
+        ``accumulated``: the whole model quantized (where error grows). ``isolated``: only
+        this op's own quantizers on, fed float inputs (what the op itself costs).
+        """
+        if view not in ("accumulated", "isolated"):
+            raise ValueError(f"view must be 'accumulated' or 'isolated', not {view!r}")
+        batch = self._data(data)[0]
+        float_run = self.runner.run(batch, enabled=())
+        quant_run = self.runner.run(batch) if view == "accumulated" else None
+        rows = []
+        for op in progress_bar(self._ops, f"comparing layers ({view})", disable=not progress):
+            tensor = self.sim.graph.float_outputs(op)[0]
+            run = quant_run if quant_run is not None else self._isolated(float_run, op.name, tensor)
+            rows.append(self._compare_row(op, tensor, float_run, run))
+        table = Table(rows, title=f"compare_layers ({view})")
+        self.tables[f"compare_{view}"] = table
+        return table
+
+    def _isolated(self, float_run: Run, op: str, tensor: str) -> Run:
+        node = self.runner.by_name[self.sim.value_nodes[tensor]]
+        own = self.own_quantizers(op)
+        if not own:
+            return float_run
+        return self.runner.rerun(float_run, own, until=node)
+
+    def own_quantizers(self, op: str) -> list[str]:
+        """The quantizers ``op``'s fused group owns: its weights', its outputs' and the
+        conversions made for it. An input tensor's quantizer belongs to its producer."""
+        members = set(self._groups[op].ops)
+        return [
+            p.name
+            for p in self.sim.points
+            if (p.op in members and not p.readers) or set(p.readers) & members
+        ]
+
+    def _compare_row(self, op: Any, tensor: str, float_run: Run, run: Run) -> dict[str, Any]:
+        ref, out = self.runner.value(float_run, tensor), self.runner.value(run, tensor)
+        q = self._output_quantizer(tensor)
+        scale = (
+            float(q.scale)
+            if q is not None and q.scale is not None and q.scale.numel() == 1
+            else None
+        )
+        row: dict[str, Any] = {
+            "op": op.name,
+            "kind": op.kind,
+            "precision": self.sim.plan[op.name].output[0],
+            "scale": scale,
+        }
+        row.update({m: METRICS[m](ref, out) for m in COMPARE_METRICS})
+        row.update(_stats("float", ref))
+        row.update(_stats("quant", out))
+        row["max_atol_diff"] = row["atol"]
+        row["atol_in_scales"] = row["atol"] / scale if scale else None
+        return row
+
+    def _output_quantizer(self, tensor: str) -> ActivationQuantizer | None:
+        q = self.sim._quantizers.get(tensor)
+        return q if isinstance(q, ActivationQuantizer) else None
+
+    # -- sensitivity -------------------------------------------------------------------------
+    def sensitivity(
+        self,
+        metric: str = "l1",
+        kind: str = "activation",
+        mode: str = "fast",
+        data: Any = None,
+        samples: int | None = None,
+        progress: bool = True,
+    ) -> Table:
+        """Model-output error with only one quantizer on, for every quantizer, worst first.
+
+        ``mode="exact"`` runs the whole model per quantizer on every sample.
+        ``mode="fast"`` ranks on the hardest samples of each batch (``samples`` of them;
+        default a quarter, at least 4; the ones where the fully quantized model strays
+        most, as NNCF ranks on its hardest samples), reuses their cached float run and
+        recomputes only the nodes each quantizer changes. The table's title says which ran.
+        """
+        if kind not in ("activation", "weight", "both"):
+            raise ValueError(f"kind must be activation, weight or both, not {kind!r}")
+        if mode not in ("fast", "exact"):
+            raise ValueError(f"mode must be 'fast' or 'exact', not {mode!r}")
+        m = get_metric(metric)
+        points = [p for p in self.sim.points if kind in ("both", p.kind)]
+        batches = self._data(data)
+        scores = {p.name: 0.0 for p in points}
+        for batch in batches:
+            if mode == "fast":
+                batch = self._hardest(batch, m, samples)
+            float_run = self.runner.run(batch, enabled=())
+            refs = self._outputs(float_run)
+            for p in progress_bar(points, f"sensitivity ({mode})", disable=not progress):
+                run = (
+                    self.runner.rerun(float_run, [p.name])
+                    if mode == "fast"
+                    else self.runner.run(batch, enabled=[p.name])
+                )
+                scores[p.name] += m(refs, self._outputs(run)) / len(batches)
+        ranked = sorted(points, key=lambda p: scores[p.name], reverse=not m.higher_is_better)
+        rows = [
+            {
+                "rank": i + 1,
+                "op": p.op or p.target,
+                "quantizer": p.name,
+                "kind": p.kind,
+                "precision": p.precision,
+                "metric": m.name,
+                "score": scores[p.name],
+            }
+            for i, p in enumerate(ranked)
+        ]
+        detail = "" if mode == "exact" else f", {self._rows_used} hardest samples per batch"
+        table = Table(rows, title=f"sensitivity ({m.name}, {kind}, mode={mode}{detail})")
+        self.tables[f"sensitivity_{kind}"] = table
+        return table
+
+    # -- advice, inputs, everything at once ----------------------------------------------------
+    def input_ranges(self) -> dict[str, tuple[float, float]]:
+        """Float range of each model input on the bad case (empty before find_bad_cases)."""
+        if self.bad is None:
+            return {}
+        run = self.runner.run(self.bad.bad_case, enabled=())
+        return {
+            t: (float(run[self.runner.by_name[t]].min()), float(run[self.runner.by_name[t]].max()))
+            for t in self.sim.graph.inputs
+            if self.sim.graph.tensors[t].quantizable
+        }
+
+    def advise(self) -> Table:
+        """What to try, one line per finding (see `mixq.analysis.advisor`); runs the
+        accumulated comparison first if it has not run and a bad case is known."""
+        if "compare_accumulated" not in self.tables and self.bad is not None:
+            self.compare_layers("accumulated", progress=False)
+        return advise(self)
+
+    def run_all(
+        self,
+        data: Iterable[Any],
+        metric: str = "cosine",
+        sensitivity_metric: str = "l1",
+        out_dir: str | Path | None = None,
+        progress: bool = True,
+    ) -> dict[str, Table]:
+        """Bad cases, both comparison views, weight and activation sensitivity, advice;
+        with ``out_dir``, every table as .txt / .csv / .json, badcase.txt and report.html."""
+        data = list(data)
+        self.find_bad_cases(data, metric=metric, progress=progress)
+        for view in ("accumulated", "isolated"):
+            self.compare_layers(view, progress=progress)
+        for kind in ("activation", "weight"):
+            if any(p.kind == kind for p in self.sim.points):
+                self.sensitivity(sensitivity_metric, kind, "fast", data=data[0], progress=progress)
+        self.advise()
+        if out_dir is not None:
+            self.save(out_dir)
+        return self.tables
+
+    def save(self, out_dir: str | Path) -> list[Path]:
+        """Write every table (.txt, .csv, .json), badcase.txt and report.html into ``out_dir``."""
+        from mixq.analysis.report import write_report
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = [
+            t.save(out / f"{name}{ext}")
+            for name, t in self.tables.items()
+            for ext in (".txt", ".csv", ".json")
+        ]
+        if self.bad is not None:
+            paths.append(self.bad.save(out))
+        paths.append(write_report(out / "report.html", self))
+        return paths
+
+    def _hardest(self, batch: Any, metric: Metric, samples: int | None) -> Any:
+        rows = _batch_rows(batch)
+        count = min(rows, samples if samples is not None else max(4, rows // 4))
+        self._rows_used = count
+        if count >= rows:
+            return batch
+        return sample_batch(batch, hardest_rows(self.runner, batch, metric, count))
+
+    def _outputs(self, run: Run) -> torch.Tensor:
+        values = [run[n].detach().reshape(-1) for _, n in compared_outputs(self.runner)]
+        return torch.cat([v.to(torch.float32) for v in values])
+
+
+def _batch_rows(batch: Any) -> int:
+    leaves = [t for t in pytree.tree_leaves(batch) if isinstance(t, torch.Tensor) and t.ndim]
+    return int(leaves[0].shape[0]) if leaves else 1
