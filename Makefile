@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: pip takes the local CPU wheel instead of several GB of CUDA packages
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev]"
+	# Debian's chromium renders the HTML report in its test (needs root and apt; else skipped)
+	command -v chromium >/dev/null 2>&1 || (DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+		|| echo "warning: chromium not installed; the HTML report test will be skipped"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -33,3 +33,42 @@ def test_plan_command_prints_and_saves(tmp_path):
 def test_bad_model_spec_is_explained():
     result = runner.invoke(app, ["plan", "no_such_module:factory"])
     assert result.exit_code != 0 and "cannot load" in result.output
+
+
+def test_check_command_writes_the_result(tmp_path):
+    result = runner.invoke(app, ["check", "mixq.zoo:resnet_like", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "block.relu" in result.output and "Modules called more than once" in result.output
+    assert (tmp_path / "model_check_result.json").exists()
+
+
+def test_analyze_command_on_npz_data(tmp_path):
+    import numpy as np
+
+    gen = np.random.default_rng(0)
+    data = tmp_path / "data.npz"
+    np.savez(data, arg0=gen.random((24, 1, 8, 8), dtype=np.float32))
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        [
+            "analyze",
+            "mixq.zoo:resnet_like",
+            "--data",
+            str(data),
+            "--batch-size",
+            "8",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    for name in (
+        "badcase.txt",
+        "compare_isolated.csv",
+        "sensitivity_weight.txt",
+        "advice.json",
+        "report.html",
+    ):
+        assert (out / name).stat().st_size > 0, name
+    assert "model output leaves the model as int8" in result.output

@@ -152,3 +152,18 @@ def test_run_all_writes_every_table(planted, tmp_path):
     } <= set(tables)
     for name in ("compare_isolated.csv", "sensitivity_weight.json", "advice.txt", "badcase.txt"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_sensitivity_table_feeds_the_ratio_setter(planted, tmp_path):
+    model, sim, data = planted
+    table = QuantAnalysis(sim).sensitivity("l1", "both", mode="exact", data=data[0])
+    assert table.rows[-1]["op"] in sim.plan.ops  # model inputs are named by their reader
+    path = table.save(tmp_path / "sensitivity.csv")
+    from mixq.setters import SensitivitySetter
+
+    cfg = mixq.Config(setters=[SensitivitySetter(str(path), topk=2, kind="activation")])
+    plan = mixq.quantize(model, data[0], cfg).plan
+    top = [r["op"] for r in table.rows[:2]]
+    assert sorted(top) == ["act2", "fc3"]  # the spike's tensor and the output it reaches
+    raised = [op.name for op in plan if op.output == ("int16",)]
+    assert raised == ["fc2", "act2", "fc3"]  # act2 raises its whole fused group

@@ -150,6 +150,18 @@ class QuantAnalysis:
             if (p.op in members and not p.readers) or set(p.readers) & members
         ]
 
+    def _readers(self, tensor: str) -> list[str]:
+        """The ops that read ``tensor``, looking through data-movement ops."""
+        graph = self.sim.graph
+        out: list[str] = []
+        for c in graph.consumers(tensor) if tensor in graph.tensors else []:
+            if is_data_movement(c.kind):
+                for t in c.outputs:
+                    out += self._readers(t)
+            else:
+                out.append(c.name)
+        return out
+
     def _compare_row(self, op: Any, tensor: str, float_run: Run, run: Run) -> dict[str, Any]:
         ref, out = self.runner.value(float_run, tensor), self.runner.value(run, tensor)
         q = self._output_quantizer(tensor)
@@ -217,7 +229,7 @@ class QuantAnalysis:
         rows = [
             {
                 "rank": i + 1,
-                "op": p.op or p.target,
+                "op": p.op or next(iter(self._readers(p.target)), p.target),
                 "quantizer": p.name,
                 "kind": p.kind,
                 "precision": p.precision,

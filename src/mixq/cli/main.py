@@ -77,6 +77,52 @@ def plan(
         console.print(f"saved plan.yaml and resolution_report.txt / .json in {out}")
 
 
+def _model_and_data(
+    model: str, config: str, data: Path | None, batch_size: int, strict: bool
+) -> tuple[Any, list[Any]]:
+    import mixq
+    from mixq.data import load_batches
+
+    net, inputs = load_model(model)
+    batches = load_batches(data, batch_size) if data is not None else [inputs]
+    sim = mixq.quantize(net, inputs, config, strict=strict)
+    return sim.calibrate(batches), batches
+
+
+@app.command()
+def check(
+    model: Annotated[str, typer.Argument(help="package.module:factory")],
+    config: Annotated[str, typer.Option(help="precision name or config YAML")] = "int8",
+    out: Annotated[Path, typer.Option(help="folder for model_check_result.*")] = Path("."),
+) -> None:
+    """Model check: module calls, shared / unused modules, unfused patterns, per-op dtypes."""
+    import mixq
+
+    net, inputs = load_model(model)
+    result = mixq.check(net, inputs, config, out_dir=out)
+    console.print(result.to_text(), soft_wrap=True)
+
+
+@app.command()
+def analyze(
+    model: Annotated[str, typer.Argument(help="package.module:factory")],
+    config: Annotated[str, typer.Option(help="precision name or config YAML")] = "int8",
+    data: Annotated[Path | None, typer.Option(help=".npz of inputs (arg0.. or names)")] = None,
+    batch_size: Annotated[int, typer.Option(help="batch size for --data")] = 32,
+    metric: Annotated[str, typer.Option(help="bad-case metric")] = "cosine",
+    strict: Annotated[bool, typer.Option("--strict/--best-effort")] = True,
+    out: Annotated[Path, typer.Option(help="folder for tables and report.html")] = Path("out"),
+) -> None:
+    """Calibrate, find bad cases, compare layers, rank sensitivity, advise; write report.html."""
+    import mixq
+
+    sim, batches = _model_and_data(model, config, data, batch_size, strict)
+    qa = mixq.QuantAnalysis(sim)
+    qa.run_all(batches, metric=metric, out_dir=out)
+    console.print(qa.tables["advice"].to_text(), soft_wrap=True)
+    console.print(f"wrote the tables, badcase.txt and report.html in {out}")
+
+
 def main() -> None:
     """Entry point: user errors print their message (no traceback) and exit with status 2."""
     from mixq.errors import MixqError

@@ -52,7 +52,7 @@ class _Decision:
     act_out: str
     weight: dict[str, str]
     rule: str
-    order: int = -1  # index of the rule that decided (-1: default or setter)
+    order: int = -2  # index of the rule that decided (-2: default, -1: a setter)
 
 
 @dataclass
@@ -118,7 +118,7 @@ class _Resolver:
         self.decisions = {op.name: self._decision(op, d, "default") for op in self.ops}
         self.inputs: dict[str, str] = {}
 
-    def _decision(self, op: Op, p: Precision, rule: str, order: int = -1) -> _Decision:
+    def _decision(self, op: Op, p: Precision, rule: str, order: int = -2) -> _Decision:
         act = p.activation or "fp32"
         return _Decision(act, act, {r: p.weight or "fp32" for r in op.weights}, rule, order)
 
@@ -148,7 +148,7 @@ class _Resolver:
                         precision.activation or self.config.default.activation,
                         precision.weight or self.config.default.weight,
                     )
-                    self.decisions[name] = self._decision(op, full, f"setter {label}")
+                    self.decisions[name] = self._decision(op, full, f"setter {label}", -1)
                 decided.update(names)
                 self.res.expanded.append({"rule": f"setter {label}", "ops": names})
 

@@ -190,6 +190,24 @@ class Sim(nn.Module):
             if isinstance(q, ActivationQuantizer) and q.scale is not None:
                 q.set_learnable(learnable)
 
+    def report(
+        self,
+        path: str | Path,
+        data: Iterable[Any] | None = None,
+        metric: str = "cosine",
+        progress: bool = True,
+    ) -> Path:
+        """An HTML report: with ``data``, bad cases, both comparison views, sensitivity and
+        advice (see `mixq.QuantAnalysis.run_all`); without, the plan and ranges only."""
+        # The analyses sit a layer above the backends; imported here, at the call.
+        from mixq.analysis.quant_analysis import QuantAnalysis
+        from mixq.analysis.report import write_report
+
+        qa = QuantAnalysis(self)
+        if data is not None:
+            qa.run_all(data, metric=metric, progress=progress)
+        return write_report(path, qa)
+
     def encodings(self) -> dict[str, dict[str, Any]]:
         """Scale / zero point (or float type) per quantization point."""
         return {n: q.encoding() for n, q in self._quantizers.items()}
