@@ -273,12 +273,13 @@ def _ranges(qa: QuantAnalysis, float_run: Run) -> list[_Range]:
     """Integer activation quantizers: the grid and the float range of their tensor."""
     sim, encodings, out = qa.sim, qa.sim.encodings(), []
     for p in sim.points:
-        q, enc = qtype(p.precision), encodings.get(p.name, {})
-        if p.kind != "activation" or q.is_floating_point or enc.get("scale") is None:
+        q, enc = qtype(p.precision), encodings.items.get(p.name)
+        if p.kind != "activation" or enc is None or enc.scale is None:
             continue
         value = qa.runner.value(float_run, p.target) if p.target in sim.value_nodes else None
         if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel():
-            scale, zp = enc["scale"].double(), enc["zero_point"].double()
+            scale = torch.tensor(enc.scale, dtype=torch.float64)
+            zp = torch.tensor(enc.zero_point or [0], dtype=torch.float64)
             grid = (float(((q.qmin - zp) * scale).min()), float(((q.qmax - zp) * scale).max()))
             data = (float(value.min()), float(value.max()))
             out.append(_Range(p.name, q.name, grid, data, float(scale.max())))

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from mixq import primitives as P
+from mixq.encodings import Encoding
 from mixq.errors import CalibrationError
 from mixq.graph.points import QuantPoint
 from mixq.observers import Observer, make_observer
@@ -57,22 +58,43 @@ class Quantizer(nn.Module):
             x, scale, zero_point, self.qtype, self.point.axis, self.point.block_size
         )
 
-    def encoding(self) -> dict[str, Any]:
-        """What the export needs: precision, scale / zero point (integers) and granularity."""
-        enc: dict[str, Any] = {
-            "name": self.name,
-            "precision": self.qtype.name,
-            "symmetric": self.point.symmetric,
-        }
-        if self.scale is not None:
-            assert self.zero_point is not None
-            enc.update(
-                scale=self.scale.detach().clone(),
-                zero_point=self.zero_point.clone(),
-                axis=self.point.axis,
-                block_size=self.point.block_size,
+    def encoding(self) -> Encoding:
+        """What the exports need: precision, scale / zero point and granularity."""
+        p = self.point
+        enc = (
+            Encoding(
+                p.name,
+                p.target,
+                p.kind,
+                self.qtype.name,
+                symmetric=p.symmetric,
+                readers=list(p.readers),
             )
-        return enc
+            if self.qtype.is_floating_point
+            else None
+        )
+        if enc is not None:
+            return enc
+        if self.scale is None or self.zero_point is None:
+            raise CalibrationError(f"quantizer {self.name!r} has no scale yet: calibrate first")
+        scale = self.scale.detach().double().flatten().tolist()
+        zero_point = [int(z) for z in self.zero_point.flatten().tolist()]
+        lo = (self.qtype.qmin - self.zero_point.double()) * self.scale.detach().double()
+        hi = (self.qtype.qmax - self.zero_point.double()) * self.scale.detach().double()
+        return Encoding(
+            p.name,
+            p.target,
+            p.kind,
+            self.qtype.name,
+            scale=scale,
+            zero_point=zero_point,
+            axis=p.axis,
+            block_size=p.block_size,
+            symmetric=p.symmetric,
+            min=float(lo.min()),
+            max=float(hi.max()),
+            readers=list(p.readers),
+        )
 
     def extra_repr(self) -> str:
         state = "on" if self.enabled else "off"
@@ -198,6 +220,7 @@ class WeightQuantizer(Quantizer):
         self.bn_eps = bn_eps
         self.out_axis = out_axis
         self._cache: tuple[tuple[Any, ...], torch.Tensor] | None = None
+        self.sources: tuple[str | None, ...] = ()  # names of the weight (and batch-norm) tensors
 
     def _fold_scale(
         self, w: torch.Tensor, bn_weight: torch.Tensor | None, bn_var: torch.Tensor | None

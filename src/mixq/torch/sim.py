@@ -23,6 +23,7 @@ from typing import Any, cast
 import torch
 from torch import fx, nn
 
+from mixq.encodings import Encodings
 from mixq.errors import CalibrationError, ConfigError
 from mixq.graph.fusion import find_fusion_groups
 from mixq.graph.ir import Graph, Op
@@ -208,9 +209,24 @@ class Sim(nn.Module):
             qa.run_all(data, metric=metric, progress=progress)
         return write_report(path, qa)
 
-    def encodings(self) -> dict[str, dict[str, Any]]:
+    def encodings(self) -> Encodings:
         """Scale / zero point (or float type) per quantization point."""
-        return {n: q.encoding() for n, q in self._quantizers.items()}
+        self._compute_weight_qparams()
+        return Encodings({n: q.encoding() for n, q in self._quantizers.items()})
+
+    def _compute_weight_qparams(self) -> None:
+        """Weight scales are set on the first forward; compute any still missing."""
+        with torch.no_grad():
+            for q in self._quantizers.values():
+                if isinstance(q, WeightQuantizer) and q.scale is None and q.enabled:
+                    q(*self.weight_args(q.name))
+
+    def weight_args(self, name: str) -> list[torch.Tensor | None]:
+        """The tensors a weight quantizer reads: the weight, and a batch-norm's weight and
+        running variance when one is folded into it."""
+        q = self.quantizer(name)
+        tensors = {**dict(self.module.named_parameters()), **dict(self.module.named_buffers())}
+        return [None if t is None else tensors[t] for t in getattr(q, "sources", ())]
 
     def resolution_report(self, path: str | Path | None = None) -> str:
         """How each op's precision was decided: requests as given, expanded to ops, final
@@ -314,7 +330,9 @@ class _Inserter:
             )
             eps = float(cast(float, bn.attrs.get("bn_eps", 1e-5)))
         axis = int(cast(int, op.attrs.get("weight_axis", 0)))
-        target = self._register(WeightQuantizer(point, bn_eps=eps, out_axis=axis))
+        quantizer = WeightQuantizer(point, bn_eps=eps, out_axis=axis)
+        quantizer.sources = tuple(None if a is None else str(a.target) for a in args)
+        target = self._register(quantizer)
         with self.fx_graph.inserting_before(op_node):
             q = self.fx_graph.call_module(target, args)
         op_node.replace_input_with(w_node, q)
