@@ -52,6 +52,7 @@ class Captured:
     graph: Graph
     tensor_nodes: dict[str, fx.Node] = field(default_factory=dict)
     op_nodes: dict[str, fx.Node] = field(default_factory=dict)
+    example_inputs: tuple[tuple[Any, ...], dict[str, Any]] = ((), {})
 
 
 def _dynamic_shapes(model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -113,6 +114,7 @@ def capture(model: torch.nn.Module, example_inputs: Any) -> Captured:
     leaves = {name for name, m in model.named_modules() if not any(m.children())}
     captured = _GraphBuilder(ep.module(), leaves).build()
     captured.graph.modules = {name: _class_names(m) for name, m in model.named_modules()}
+    captured.example_inputs = (args, kwargs)
     return captured
 
 

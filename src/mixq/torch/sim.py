@@ -56,6 +56,7 @@ class Sim(nn.Module):
         self.plan = resolution.plan
         self.points: list[QuantPoint] = quantization_points(captured.graph, self.plan)
         self.module = captured.module
+        self.example_inputs = captured.example_inputs
         self._quantizers: dict[str, Quantizer] = {}
         self.value_nodes: dict[str, str] = {}  # tensor -> fx node holding its final value
         self.quantizer_nodes: dict[str, str] = {}  # quantizer name -> its fx node
@@ -208,6 +209,16 @@ class Sim(nn.Module):
         if data is not None:
             qa.run_all(data, metric=metric, progress=progress)
         return write_report(path, qa)
+
+    def export_onnx(self, path: str | Path, check: bool = True) -> Any:
+        """Write an ONNX Q/DQ model (opset 21) and check it against this Sim in ONNX Runtime.
+
+        Returns an `ExportReport` (SQNR of Sim vs ORT per output, 16-bit parts ORT only
+        simulates). Example: ``sim.export_onnx("model.onnx").min_sqnr_db``.
+        """
+        from mixq.export.onnx_export import export_onnx
+
+        return export_onnx(self, path, check=check)
 
     def encodings(self) -> Encodings:
         """Scale / zero point (or float type) per quantization point."""

@@ -1,0 +1,1 @@
+"""Exports: ONNX with Q/DQ and vendor files."""

@@ -1,0 +1,116 @@
+"""Torch custom ops that stand for quantizers during ONNX export, and their ONNX translations.
+
+``mixq::qdq`` becomes QuantizeLinear -> DequantizeLinear, ``mixq::dq`` (a weight stored as
+integers) becomes DequantizeLinear, ``mixq::cast`` becomes a Cast to a float precision and
+back. Their torch bodies compute what the Sim computes, so the exported program runs too.
+
+Example:
+    >>> import torch
+    >>> x = torch.tensor([0.26, -1.0])
+    >>> torch.ops.mixq.qdq(x, torch.tensor(0.5), torch.tensor(0.0), "int8")
+    tensor([ 0.5000, -1.0000])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import onnx
+import torch
+from onnxscript import opset21
+from torch.library import custom_op
+
+from mixq import primitives as P
+
+__all__ = ["ONNX_DTYPES", "TRANSLATIONS"]
+
+op: Any = opset21  # onnxscript's typed opset is too strict for mypy with dynamic dtypes
+
+ONNX_DTYPES = {
+    "int4": onnx.TensorProto.INT4,
+    "uint4": onnx.TensorProto.UINT4,
+    "int8": onnx.TensorProto.INT8,
+    "uint8": onnx.TensorProto.UINT8,
+    "int16": onnx.TensorProto.INT16,
+    "uint16": onnx.TensorProto.UINT16,
+    "fp16": onnx.TensorProto.FLOAT16,
+    "bf16": onnx.TensorProto.BFLOAT16,
+    "fp8_e4m3": onnx.TensorProto.FLOAT8E4M3FN,
+    "fp8_e5m2": onnx.TensorProto.FLOAT8E5M2,
+}
+
+
+@custom_op("mixq::qdq", mutates_args=())
+def qdq(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, dtype: str) -> torch.Tensor:
+    """Per-tensor fake quantization (activations)."""
+    return P.fake_quantize(x, scale, zero_point, dtype)
+
+
+@qdq.register_fake
+def _qdq_fake(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, dtype: str
+) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+@custom_op("mixq::dq", mutates_args=())
+def dq(
+    q: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    dtype: str,
+    axis: int,
+    block_size: int,
+) -> torch.Tensor:
+    """Dequantize integer weights (axis -1 / block 0: per tensor / not blocked)."""
+    return P.dequantize(
+        q, scale, zero_point, dtype, None if scale.ndim == 0 else axis, block_size or None
+    )
+
+
+@dq.register_fake
+def _dq_fake(
+    q: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    dtype: str,
+    axis: int,
+    block_size: int,
+) -> torch.Tensor:
+    return torch.empty(q.shape, dtype=torch.float32, device=q.device)
+
+
+@custom_op("mixq::cast", mutates_args=())
+def cast(x: torch.Tensor, dtype: str) -> torch.Tensor:
+    """Round to a float precision and back to float32."""
+    return P.cast(x, dtype)
+
+
+@cast.register_fake
+def _cast_fake(x: torch.Tensor, dtype: str) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+def _qdq_onnx(x: Any, scale: Any, zero_point: Any, dtype: str) -> Any:
+    zp = op.Cast(zero_point, to=ONNX_DTYPES[dtype])
+    return op.DequantizeLinear(op.QuantizeLinear(x, scale, zp), scale, zp)
+
+
+def _dq_onnx(q: Any, scale: Any, zero_point: Any, dtype: str, axis: int, block_size: int) -> Any:
+    to = ONNX_DTYPES[dtype]
+    if block_size:
+        return op.DequantizeLinear(
+            op.Cast(q, to=to), scale, op.Cast(zero_point, to=to), axis=axis, block_size=block_size
+        )
+    return op.DequantizeLinear(op.Cast(q, to=to), scale, op.Cast(zero_point, to=to), axis=axis)
+
+
+def _cast_onnx(x: Any, dtype: str) -> Any:
+    return op.Cast(op.Cast(x, to=ONNX_DTYPES[dtype]), to=onnx.TensorProto.FLOAT)
+
+
+TRANSLATIONS: dict[Any, Any] = {
+    torch.ops.mixq.qdq.default: _qdq_onnx,
+    torch.ops.mixq.dq.default: _dq_onnx,
+    torch.ops.mixq.cast.default: _cast_onnx,
+}
