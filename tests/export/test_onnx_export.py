@@ -63,3 +63,18 @@ def test_uncalibrated_export_fails_and_writes_nothing(cnn_model, tmp_path):
     with pytest.raises(MixqError, match="calibrate"):
         sim.export_onnx(tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_u8_weights_keep_the_grid(cnn_model, tmp_path):
+    """uint8 weights with the zero point moved by 128 are the same values as int8 ones."""
+    model, inputs, calib = cnn_model
+    sim = mixq.quantize(model, inputs, "int8").calibrate(calib)
+    s8 = sim.export_onnx(tmp_path / "s8.onnx", u8_weights=False)
+    u8 = sim.export_onnx(tmp_path / "u8.onnx", u8_weights=True)
+    assert "uint8" in "\n".join(u8.notes) and not s8.notes
+    graph = onnx.load(tmp_path / "u8.onnx").graph
+    inits = {i.name: i for i in graph.initializer}
+    dq = next(n for n in graph.node if n.name == "fc.weight/DequantizeLinear")
+    zp = onnx.numpy_helper.to_array(inits[dq.input[2]]) if dq.input[2] in inits else None
+    assert zp is None or (zp == 128).all()
+    assert u8.min_sqnr_db >= FLOOR_DB

@@ -210,7 +210,9 @@ class Sim(nn.Module):
             qa.run_all(data, metric=metric, progress=progress)
         return write_report(path, qa)
 
-    def export_onnx(self, path: str | Path, check: bool = True) -> Any:
+    def export_onnx(
+        self, path: str | Path, check: bool = True, u8_weights: bool | None = None
+    ) -> Any:
         """Write an ONNX Q/DQ model (opset 21) and check it against this Sim in ONNX Runtime.
 
         Returns an `ExportReport` (SQNR of Sim vs ORT per output, 16-bit parts ORT only
@@ -218,7 +220,7 @@ class Sim(nn.Module):
         """
         from mixq.export.onnx_export import export_onnx
 
-        return export_onnx(self, path, check=check)
+        return export_onnx(self, path, check=check, u8_weights=u8_weights)
 
     def encodings(self) -> Encodings:
         """Scale / zero point (or float type) per quantization point."""
