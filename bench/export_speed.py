@@ -52,8 +52,9 @@ def _fp32_onnx(model: torch.nn.Module, inputs: tuple[Any, ...], path: Path) -> P
     return path
 
 
-def _variants(name: str, model: Any, inputs: Any, calib: list[Any], mixed: mixq.Config,
-              tmp: Path) -> dict[str, Path]:
+def _variants(
+    name: str, model: Any, inputs: Any, calib: list[Any], mixed: mixq.Config, tmp: Path
+) -> dict[str, Path]:
     paths = {"fp32": _fp32_onnx(model, inputs, tmp / f"{name}_fp32.onnx")}
     for label, config in (("mixq int8", "int8"), ("mixq mixed", mixed)):
         sim = mixq.quantize(model, inputs, config).calibrate(calib, progress=False)
@@ -61,23 +62,31 @@ def _variants(name: str, model: Any, inputs: Any, calib: list[Any], mixed: mixq.
         sim.export_onnx(paths[label], check=False)
     names = [i.name for i in _session(paths["fp32"]).get_inputs()]
     try:
-        quantize_dynamic(str(paths["fp32"]), str(tmp / f"{name}_dyn.onnx"),
-                         weight_type=QuantType.QInt8)
+        quantize_dynamic(
+            str(paths["fp32"]), str(tmp / f"{name}_dyn.onnx"), weight_type=QuantType.QInt8
+        )
         paths["ort dynamic"] = tmp / f"{name}_dyn.onnx"
     except Exception as e:  # report, keep going
         print(f"  ort quantize_dynamic failed on {name}: {str(e)[:120]}")
     try:
-        quantize_static(str(paths["fp32"]), str(tmp / f"{name}_static.onnx"),
-                        _Reader(names, calib), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        quantize_static(
+            str(paths["fp32"]),
+            str(tmp / f"{name}_static.onnx"),
+            _Reader(names, calib),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
         paths["ort static"] = tmp / f"{name}_static.onnx"
     except Exception as e:
         print(f"  ort quantize_static failed on {name}: {str(e)[:120]}")
     return paths
 
 
-def bench(name: str, model: Any, inputs: Any, calib: list[Any], mixed: mixq.Config,
-          rounds: int = 15) -> None:
+def bench(
+    name: str, model: Any, inputs: Any, calib: list[Any], mixed: mixq.Config, rounds: int = 15
+) -> None:
     with tempfile.TemporaryDirectory() as d:
         paths = _variants(name, model, inputs, calib, mixed, Path(d))
         sessions = {k: _session(p) for k, p in paths.items()}
@@ -99,8 +108,10 @@ def bench(name: str, model: Any, inputs: Any, calib: list[Any], mixed: mixq.Conf
         for k, s in sessions.items():
             out = torch.from_numpy(np.asarray(s.run(None, feeds)[0]))
             med = statistics.median(times[k])
-            print(f"  {k:<12} {med * 1e3:8.2f} ms  {med / base:5.2f}x fp32   "
-                  f"SQNR vs float {sqnr(ref, out):6.1f} dB")
+            print(
+                f"  {k:<12} {med * 1e3:8.2f} ms  {med / base:5.2f}x fp32   "
+                f"SQNR vs float {sqnr(ref, out):6.1f} dB"
+            )
 
 
 def main() -> None:

@@ -72,3 +72,44 @@ def test_analyze_command_on_npz_data(tmp_path):
     ):
         assert (out / name).stat().st_size > 0, name
     assert "model output leaves the model as int8" in result.output
+
+
+@pytest.mark.slow
+def test_export_and_convert_commands(tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        [
+            "export",
+            "mixq.zoo:resnet_like",
+            "--format",
+            "aimet-1.0.0",
+            "--format",
+            "qaic-npi",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "SQNR(Sim vs ONNX Runtime)" in result.output
+    written = sorted(p.name for p in out.iterdir())
+    assert "model.onnx" in written and len(written) == 3, written
+    bad = runner.invoke(app, ["export", "mixq.zoo:resnet_like", "--format", "nope"])
+    assert bad.exit_code != 0 and "unknown format" in bad.output
+    npi = tmp_path / "npi.yaml"
+    npi.write_text("FP16NodeInstanceNames: [fc]\nFP32NodeInstanceNames: [pool]\n")
+    keep = tmp_path / "keep_dtype.cfg"
+    result = runner.invoke(
+        app,
+        [
+            "convert",
+            str(npi),
+            str(keep),
+            "--to",
+            "ascend-keep-dtype",
+            "--model",
+            "mixq.zoo:resnet_like",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert keep.read_text().split() == ["pool", "flatten"]  # flatten inherits fp32 from pool

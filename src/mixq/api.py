@@ -72,8 +72,10 @@ def quantize(
     """
     if transforms:
         raise NotImplementedError(f"transforms {transforms} are not implemented yet")
-    if isinstance(model, (str, Path)):
-        raise NotImplementedError("ONNX models are not supported yet; pass a torch.nn.Module")
+    if isinstance(model, (str, Path)) or type(model).__name__ == "ModelProto":
+        from mixq.onnx import build_sim
+
+        return build_sim(model, example_inputs, lambda g: _resolve(model, g, config, strict))
     from mixq.torch.capture import capture
     from mixq.torch.sim import Sim
 

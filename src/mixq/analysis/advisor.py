@@ -13,7 +13,6 @@ from typing import Any
 
 from mixq.qtypes import qtype
 from mixq.table import Table
-from mixq.torch.quantizer import ActivationQuantizer
 
 __all__ = ["OVERWIDE", "WIDE_INT8_RANGE", "advise"]
 
@@ -22,6 +21,10 @@ WIDE_INT8_RANGE = 10.0
 # a calibrated range this many times wider than the data actually seen is suspicious
 OVERWIDE = 20.0
 _TOP = 0.1  # "sensitive" = in the top 10 % of a sensitivity table
+
+
+def _is_activation(q: Any) -> bool:
+    return getattr(getattr(q, "point", None), "kind", None) == "activation"
 
 
 def _row(op: str, issue: str, advice: str) -> dict[str, str]:
@@ -63,7 +66,7 @@ def _wide_int8(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
 def _grid(sim: Any, op: str) -> tuple[float, float, float] | None:
     """(lo, hi, step) of the op's output quantizer, for a per-tensor integer one."""
     q = sim._quantizers.get(sim.graph.float_outputs(sim.graph.ops[op])[0])
-    if not isinstance(q, ActivationQuantizer) or q.scale is None or q.zero_point is None:
+    if not _is_activation(q) or q.scale is None or q.zero_point is None:
         return None
     if q.scale.numel() != 1:
         return None
@@ -132,7 +135,7 @@ def _integer_outputs(sim: Any) -> list[dict[str, str]]:
     out = []
     for tensor in sim.graph.outputs:
         q = sim._quantizers.get(tensor)
-        if isinstance(q, ActivationQuantizer) and not q.qtype.is_floating_point:
+        if _is_activation(q) and not q.qtype.is_floating_point:
             out.append(
                 _row(
                     tensor,

@@ -61,7 +61,7 @@ class QuantAnalysis:
 
     def __init__(self, sim: Any) -> None:
         self.sim = sim
-        self.runner = GraphRunner(sim)
+        self.runner = getattr(sim, "runner_class", GraphRunner)(sim)  # ONNX sims bring theirs
         self.bad: BadCases | None = None
         self.tables: dict[str, Table] = {}
         self._rows_used = 0
@@ -185,7 +185,7 @@ class QuantAnalysis:
 
     def _output_quantizer(self, tensor: str) -> ActivationQuantizer | None:
         q = self.sim._quantizers.get(tensor)
-        return q if isinstance(q, ActivationQuantizer) else None
+        return q if _is_activation(q) else None
 
     # -- sensitivity -------------------------------------------------------------------------
     def sensitivity(
@@ -316,3 +316,8 @@ class QuantAnalysis:
 def _batch_rows(batch: Any) -> int:
     leaves = [t for t in pytree.tree_leaves(batch) if isinstance(t, torch.Tensor) and t.ndim]
     return int(leaves[0].shape[0]) if leaves else 1
+
+
+def _is_activation(q: Any) -> bool:
+    """An activation quantizer of either backend (torch or ONNX)."""
+    return getattr(getattr(q, "point", None), "kind", None) == "activation"

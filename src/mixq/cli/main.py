@@ -25,11 +25,14 @@ console = Console()
 
 
 def load_model(spec: str) -> tuple[Any, Any]:
-    """``package.module:factory`` -> the factory's ``(model, example_inputs)``."""
+    """``package.module:factory`` -> the factory's ``(model, example_inputs)``; an ``.onnx``
+    path gives the path and random inputs of its declared shapes."""
+    if spec.endswith(".onnx"):
+        from mixq.onnx import capture, random_inputs
+
+        return spec, random_inputs(capture(spec)[0])
     if ":" not in spec:
-        raise typer.BadParameter(
-            f"{spec!r} is not 'package.module:factory' (ONNX files are not supported yet)"
-        )
+        raise typer.BadParameter(f"{spec!r} is neither 'package.module:factory' nor an .onnx file")
     module_name, factory = spec.split(":", 1)
     try:
         fn = getattr(importlib.import_module(module_name), factory)
@@ -121,6 +124,55 @@ def analyze(
     qa.run_all(batches, metric=metric, out_dir=out)
     console.print(qa.tables["advice"].to_text(), soft_wrap=True)
     console.print(f"wrote the tables, badcase.txt and report.html in {out}")
+
+
+@app.command()
+def export(
+    model: Annotated[str, typer.Argument(help="package.module:factory")],
+    config: Annotated[str, typer.Option(help="precision name, config or plan YAML")] = "int8",
+    data: Annotated[Path | None, typer.Option(help=".npz of calibration inputs")] = None,
+    batch_size: Annotated[int, typer.Option(help="batch size for --data")] = 32,
+    formats: Annotated[
+        list[str],
+        typer.Option("--format", help="vendor formats to write besides model.onnx (repeatable)"),
+    ] = [],  # noqa: B006
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("out"),
+) -> None:
+    """Calibrate and write model.onnx (Q/DQ, checked in ONNX Runtime) and vendor files."""
+    from mixq.export.formats import FORMATS
+
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise typer.BadParameter(f"unknown format(s) {unknown}; choose from {list(FORMATS)}")
+    sim, _ = _model_and_data(model, config, data, batch_size, strict=True)
+    out.mkdir(parents=True, exist_ok=True)
+    console.print(sim.export_onnx(out / "model.onnx").to_text(), soft_wrap=True)
+    for fmt in formats:
+        console.print(f"wrote {sim.export(out / f'model{FORMATS[fmt].suffix}', fmt)}")
+
+
+@app.command()
+def convert(
+    src: Annotated[Path, typer.Argument(help="vendor file to read")],
+    dst: Annotated[Path, typer.Argument(help="file to write")],
+    to: Annotated[str, typer.Option("--to", help="format to write")],
+    from_: Annotated[
+        str | None, typer.Option("--from", help="format of SRC (else guessed)")
+    ] = None,
+    plan: Annotated[Path | None, typer.Option(help="plan.yaml, for formats that need one")] = None,
+    model: Annotated[str | None, typer.Option(help="package.module:factory, for a graph")] = None,
+) -> None:
+    """Convert between qaic lists, Ascend lists, AIMET encodings and ORT overrides."""
+    import mixq
+    from mixq.export.formats import convert as convert_file
+
+    graph = None
+    if model is not None:
+        net, inputs = load_model(model)
+        graph = mixq.quantize(net, inputs, str(plan) if plan else None).graph
+    loaded = mixq.Plan.load(plan) if plan is not None else None
+    path = convert_file(src, dst, to, from_format=from_, plan=loaded, graph=graph)
+    console.print(f"wrote {path}")
 
 
 def main() -> None:

@@ -222,6 +222,16 @@ class Sim(nn.Module):
 
         return export_onnx(self, path, check=check, u8_weights=u8_weights)
 
+    def export(self, path: str | Path, format: str) -> Path:
+        """Write a vendor file: aimet-0.6.1, aimet-1.0.0, qaic-npi, qaic-profile,
+        ascend-keep-dtype, ascend-mixlist, ascend-customize-dtypes, ort-overrides.
+
+        Example: ``sim.export("model.encodings", format="aimet-1.0.0")``.
+        """
+        from mixq.export.formats import write_format
+
+        return write_format(path, format, self.plan, self.encodings(), self.graph)
+
     def encodings(self) -> Encodings:
         """Scale / zero point (or float type) per quantization point."""
         self._compute_weight_qparams()
