@@ -113,3 +113,36 @@ def test_export_and_convert_commands(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert keep.read_text().split() == ["pool", "flatten"]  # flatten inherits fp32 from pool
+
+
+def test_calibrate_dumps_and_loads_a_profile(tmp_path):
+    profile = tmp_path / "profile.yaml"
+    first = runner.invoke(
+        app,
+        [
+            "calibrate",
+            "mixq.zoo:resnet_like",
+            "--dump-profile",
+            str(profile),
+            "--out",
+            str(tmp_path / "a"),
+        ],
+    )
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(
+        app,
+        [
+            "calibrate",
+            "mixq.zoo:resnet_like",
+            "--load-profile",
+            str(profile),
+            "--out",
+            str(tmp_path / "b"),
+        ],
+    )
+    assert second.exit_code == 0, second.output
+    import mixq
+
+    a = mixq.Encodings.load(tmp_path / "a" / "encodings.json")
+    b = mixq.Encodings.load(tmp_path / "b" / "encodings.json")
+    assert [e.scale for e in a] == [e.scale for e in b]

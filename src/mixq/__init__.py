@@ -15,6 +15,7 @@ from mixq.analysis.check import check
 from mixq.analysis.quant_analysis import QuantAnalysis
 from mixq.api import quantize
 from mixq.config import Config, Granularity, Precision, Request, Scheme
+from mixq.encodings import Encoding, Encodings
 from mixq.errors import CalibrationError, CaptureError, ConfigError, ConflictError, MixqError
 from mixq.plan import OpPlan, Plan
 from mixq.qtypes import QTYPES, QType, qtype
@@ -30,6 +31,8 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConflictError",
+    "Encoding",
+    "Encodings",
     "Granularity",
     "MixqError",
     "OpPlan",

@@ -93,6 +93,40 @@ def _model_and_data(
 
 
 @app.command()
+def calibrate(
+    model: Annotated[str, typer.Argument(help="package.module:factory or model.onnx")],
+    config: Annotated[str, typer.Option(help="precision name, config or plan YAML")] = "int8",
+    data: Annotated[Path | None, typer.Option(help=".npz of calibration inputs")] = None,
+    batch_size: Annotated[int, typer.Option(help="batch size for --data")] = 32,
+    observer: Annotated[str | None, typer.Option(help="observer for every activation")] = None,
+    dump_profile: Annotated[Path | None, typer.Option(help="write a qaic / Glow profile")] = None,
+    load_profile: Annotated[
+        Path | None, typer.Option(help="ranges from a profile, no data")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="folder for plan.yaml and encodings.json")] = Path(
+        "out"
+    ),
+) -> None:
+    """Calibrate (or load a profile) and write the plan, the encodings and optionally a profile."""
+    import mixq
+    from mixq.data import load_batches
+
+    net, inputs = load_model(model)
+    sim = mixq.quantize(net, inputs, config)
+    if load_profile is not None:
+        sim.load_profile(load_profile)
+    else:
+        batches = load_batches(data, batch_size) if data is not None else [inputs]
+        sim.calibrate(batches, observer=observer, histogram_bins=512 if dump_profile else 0)
+    out.mkdir(parents=True, exist_ok=True)
+    sim.plan.save(out / "plan.yaml")
+    sim.encodings().save(out / "encodings.json")
+    if dump_profile is not None:
+        console.print(f"wrote {sim.dump_profile(dump_profile)}")
+    console.print(f"wrote plan.yaml and encodings.json in {out}")
+
+
+@app.command()
 def check(
     model: Annotated[str, typer.Argument(help="package.module:factory")],
     config: Annotated[str, typer.Option(help="precision name or config YAML")] = "int8",

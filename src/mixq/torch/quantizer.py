@@ -23,7 +23,7 @@ from mixq import primitives as P
 from mixq.encodings import Encoding
 from mixq.errors import CalibrationError
 from mixq.graph.points import QuantPoint
-from mixq.observers import Observer, make_observer
+from mixq.observers import HistogramObserver, Observer, PercentileObserver, make_observer
 from mixq.qtypes import qtype
 
 __all__ = ["ActivationQuantizer", "Quantizer", "WeightQuantizer"]
@@ -81,6 +81,9 @@ class Quantizer(nn.Module):
         zero_point = [int(z) for z in self.zero_point.flatten().tolist()]
         lo = (self.qtype.qmin - self.zero_point.double()) * self.scale.detach().double()
         hi = (self.qtype.qmax - self.zero_point.double()) * self.scale.detach().double()
+        known = getattr(self, "range", None)  # activations: the range the scale came from
+        if known is not None:
+            lo, hi = torch.tensor(known[0]), torch.tensor(known[1])
         return Encoding(
             p.name,
             p.target,
@@ -110,14 +113,19 @@ class ActivationQuantizer(Quantizer):
         self.observer: Observer | None = None
         self.observing = False
         self.fixed_range: tuple[float, float] | None = None
+        self.range: tuple[float, float] | None = None  # what the scale was chosen from
+        self.histogram: list[float] | None = None  # kept for profiles when asked
+        self._histogram: HistogramObserver | None = None
 
-    def start_observing(self, observer: str | None = None) -> None:
+    def start_observing(self, observer: str | None = None, histogram_bins: int = 0) -> None:
         self.observer_name = observer or self.observer_name
         self.observing = True
         if not self.qtype.is_floating_point:
             # A fixed range is kept, but the data is still watched to check it covers it.
             name = "minmax" if self.fixed_range is not None else self.observer_name
             self.observer = make_observer(name, dtype=self.qtype, symmetric=self.point.symmetric)
+            if histogram_bins:
+                self._histogram = PercentileObserver(dtype=self.qtype, bins=histogram_bins)
 
     def stop_observing(self) -> str | None:
         """Turn the statistics seen so far into a scale and zero point.
@@ -127,6 +135,9 @@ class ActivationQuantizer(Quantizer):
         """
         self.observing = False
         observer, self.observer = self.observer, None
+        if self._histogram is not None and self._histogram.has_data:
+            self.histogram = [float(v) for v in self._histogram.hist.tolist()]
+        self._histogram = None
         if observer is None:
             return None
         if not observer.has_data:
@@ -160,7 +171,12 @@ class ActivationQuantizer(Quantizer):
         if not self.qtype.is_floating_point:
             self._set_qparams(torch.tensor(float(lo)), torch.tensor(float(hi)))
 
+    def load_range(self, lo: float, hi: float) -> None:
+        """Set the scale from a known range (a loaded profile) without fixing it."""
+        self._set_qparams(torch.tensor(float(lo)), torch.tensor(float(hi)))
+
     def _set_qparams(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        self.range = (float(lo), float(hi))
         scale, zero_point = P.choose_qparams(lo, hi, self.qtype, self.point.symmetric)
         if isinstance(self.scale, nn.Parameter):
             self.scale.data = scale.to(self.scale.device)
@@ -189,6 +205,8 @@ class ActivationQuantizer(Quantizer):
             )
         if self.observer is not None:
             self.observer.update(x.detach())
+        if self._histogram is not None:
+            self._histogram.update(x.detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:

@@ -91,6 +91,7 @@ class Sim(nn.Module):
         batches: Iterable[Any],
         observer: str | dict[str, str] | None = None,
         progress: bool = True,
+        histogram_bins: int = 0,
     ) -> Sim:
         """Run ``batches`` through the float model and set every activation range.
 
@@ -99,6 +100,7 @@ class Sim(nn.Module):
             observer: one observer name for all activation quantizers, or a dict
                 quantizer name -> observer name (others use the plan's default).
             progress: show a progress bar.
+            histogram_bins: also keep a histogram of every activation (for `dump_profile`).
 
         Raises:
             CalibrationError: no batches, or a tensor holds NaN / Inf (named).
@@ -108,7 +110,7 @@ class Sim(nn.Module):
         per_name = observer if isinstance(observer, dict) else {}
         self._check_names(per_name)
         for q in acts:
-            q.start_observing(per_name.get(q.name, default))
+            q.start_observing(per_name.get(q.name, default), histogram_bins)
         count = 0
         try:
             with torch.no_grad():
@@ -221,6 +223,39 @@ class Sim(nn.Module):
         from mixq.export.onnx_export import export_onnx
 
         return export_onnx(self, path, check=check, u8_weights=u8_weights)
+
+    def dump_profile(self, path: str | Path) -> Path:
+        """Write the qaic / Glow profile (min, max, histogram per activation tensor);
+        calibrate with ``histogram_bins`` (e.g. 512) to fill the histograms."""
+        from mixq.export.formats.qaic import write_profile
+
+        histograms = {
+            n: q.histogram
+            for n, q in self._quantizers.items()
+            if isinstance(q, ActivationQuantizer) and q.histogram is not None
+        }
+        return write_profile(path, self.encodings(), histograms, self.graph)
+
+    def load_profile(self, path: str | Path) -> Sim:
+        """Set activation ranges from a profile instead of calibrating again."""
+        from mixq.export.formats.qaic import read_profile
+
+        profile = read_profile(path, self.graph)
+        needed = [
+            q
+            for q in self._quantizers.values()
+            if isinstance(q, ActivationQuantizer) and not q.qtype.is_floating_point
+        ]
+        missing = [q.name for q in needed if q.name not in profile]
+        if missing:
+            raise CalibrationError(
+                f"profile {path} has no entry for {missing[:5]} "
+                f"({len(missing)} in all): was it made for this plan?"
+            )
+        for q in needed:
+            lo, hi, _ = profile[q.name]
+            q.load_range(lo, hi)
+        return self
 
     def export(self, path: str | Path, format: str) -> Path:
         """Write a vendor file: aimet-0.6.1, aimet-1.0.0, qaic-npi, qaic-profile,
