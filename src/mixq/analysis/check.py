@@ -23,7 +23,7 @@ import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -41,6 +41,7 @@ from mixq.targets import load_target
 from mixq.torch.capture import split_inputs
 
 if TYPE_CHECKING:
+    import onnx
     from mixq.torch.sim import Sim
 
 __all__ = ["CheckResult", "ModuleCalls", "check", "record_calls", "unfused_rows"]
@@ -116,7 +117,7 @@ class CheckResult:
 
 
 def check(
-    model: nn.Module,
+    model: nn.Module | str | Path | onnx.ModelProto,
     example_inputs: Any,
     config: ConfigLike = None,
     strict: bool = False,
@@ -125,7 +126,10 @@ def check(
     """Check ``model`` and its ``config`` for what makes quantization go wrong.
 
     Args:
-        model: the float model (a copy is run; the model itself is never changed).
+        model: the float model (a copy is run; the model itself is never changed), or an
+            ONNX model (an ``.onnx`` path or a ``ModelProto``): then nothing is recorded,
+            every node is listed with one call and the shared / unused sections say they
+            do not apply.
         example_inputs: a tensor, a tuple of inputs or a dict of keyword inputs.
         config: anything `mixq.quantize` accepts (None means all int8).
         strict: True raises on a target conflict (as `mixq.quantize`) instead of reporting it.
@@ -142,17 +146,13 @@ def check(
         >>> [(r["module"], r["calls"]) for r in result.shared.rows]
         [('1', 2)]
     """
-    records = record_calls(model, example_inputs)
+    onnx_model = _is_onnx(model)
+    records = {} if onnx_model else record_calls(cast(nn.Module, model), example_inputs)
     sim = quantize(model, example_inputs, config, strict=strict)
     requested = _requested_plan(model, sim.graph, sim.plan, config)
-    calls = [
-        {"module": r.name, "type": r.type, "calls": r.calls, "shared": r.calls > 1}
-        for r in records.values()
-    ]
+    call_sections = _onnx_call_sections(sim.source) if onnx_model else _call_sections(records)
     result = CheckResult(
-        calls=_table("calls", calls),
-        shared=_table("shared", [_shared_row(r) for r in records.values() if r.calls > 1]),
-        unused=_table("unused", [{"module": r.name, "type": r.type} for r in _unused(records)]),
+        *call_sections,
         unfused=_table("unfused", unfused_rows(sim.graph)),
         layers=_table("layers", _layer_rows(sim)),
         unusual=_table("unusual", _unusual_rows(sim.graph, sim.plan, requested)),
@@ -162,9 +162,37 @@ def check(
     return result
 
 
-def _table(key: str, rows: list[dict[str, Any]]) -> Table:
+def _table(key: str, rows: list[dict[str, Any]], note: str = "") -> Table:
     title, columns = _SECTIONS[key]
-    return Table(rows, title=title, columns=columns.split("|"))
+    return Table(rows, title=title + note, columns=columns.split("|"))
+
+
+def _is_onnx(model: Any) -> bool:
+    """An ``.onnx`` path or an ``onnx.ModelProto`` (checked without importing onnx)."""
+    if isinstance(model, (str, Path)):
+        return str(model).lower().endswith(".onnx")
+    return type(model).__name__ == "ModelProto"
+
+
+def _call_sections(records: dict[str, ModuleCalls]) -> tuple[Table, Table, Table]:
+    calls = [
+        {"module": r.name, "type": r.type, "calls": r.calls, "shared": r.calls > 1}
+        for r in records.values()
+    ]
+    return (
+        _table("calls", calls),
+        _table("shared", [_shared_row(r) for r in records.values() if r.calls > 1]),
+        _table("unused", [{"module": r.name, "type": r.type} for r in _unused(records)]),
+    )
+
+
+def _onnx_call_sections(model: Any) -> tuple[Table, Table, Table]:
+    """An ONNX graph runs every node once: each node with 1 call, nothing shared or unused."""
+    calls = [
+        {"module": n.name, "type": n.op_type, "calls": 1, "shared": False} for n in model.graph.node
+    ]
+    note = " (not applicable to ONNX models: every node runs once)"
+    return _table("calls", calls), _table("shared", [], note), _table("unused", [], note)
 
 
 # -- call counts -----------------------------------------------------------------------------
@@ -364,7 +392,7 @@ def _observer(op: OpPlan, observer: str) -> str:
     return "-"
 
 
-def _requested_plan(model: nn.Module, graph: Graph, plan: Plan, config: ConfigLike) -> Plan:
+def _requested_plan(model: Any, graph: Graph, plan: Plan, config: ConfigLike) -> Plan:
     """The plan as requested, before best-effort moved ops onto what the target runs."""
     if isinstance(config, Plan) or plan.target == "generic":
         return plan

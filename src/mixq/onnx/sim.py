@@ -34,7 +34,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -55,6 +55,9 @@ from mixq.onnx.session import as_array, make_session, random_inputs, split_input
 from mixq.plan import Plan
 from mixq.progress import progress_bar
 from mixq.table import Table
+
+if TYPE_CHECKING:
+    from mixq.export.onnx_export import ExportReport
 
 __all__ = ["OnnxSim", "build_sim", "quantize_onnx"]
 
@@ -307,6 +310,18 @@ class OnnxSim:
         from mixq.export.formats import write_format
 
         return write_format(path, format, self.plan, self.encodings(), self.graph)
+
+    def export_onnx(
+        self, path: str | Path, check: bool = True, u8_weights: bool | None = None
+    ) -> ExportReport:
+        """Write a deployable ONNX Q/DQ model (opset 21) of the current state; with
+        ``check``, compare it with this Sim in ONNX Runtime (see `mixq.onnx.export`).
+
+        Example: ``sim.export_onnx("model.onnx").min_sqnr_db``.
+        """
+        from mixq.onnx.export import export_onnx
+
+        return export_onnx(self, path, check, u8_weights)
 
     def encodings(self) -> Encodings:
         """Scale / zero point (or float type) per quantization point."""
