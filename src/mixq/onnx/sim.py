@@ -31,8 +31,7 @@ from __future__ import annotations
 
 import difflib
 import warnings
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +53,7 @@ from mixq.onnx.runner import OnnxRunner
 from mixq.onnx.session import as_array, make_session, random_inputs, split_inputs
 from mixq.plan import Plan
 from mixq.progress import progress_bar
+from mixq.switches import QuantizerSwitches
 from mixq.table import Table
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def _random_or_none(graph: Graph) -> tuple[torch.Tensor, ...]:
         return ()
 
 
-class OnnxSim:
+class OnnxSim(QuantizerSwitches):
     """A Graph + Plan made executable in ONNX Runtime; every quantizer switchable by name.
 
     Args:
@@ -252,65 +252,7 @@ class OnnxSim:
             count += 1
         return count
 
-    # -- quantizer switches --------------------------------------------------------------
-    @property
-    def quantizers(self) -> list[str]:
-        """Names of every quantization point, in graph order (activations, then weights)."""
-        return list(self._quantizers)
-
-    def quantizer(self, name: str) -> OnnxQuantizer:
-        self._check_names([name])
-        return self._quantizers[name]
-
-    def _check_names(self, names: Iterable[str]) -> None:
-        unknown = [n for n in names if n not in self._quantizers]
-        if unknown:
-            raise KeyError(
-                f"no quantizer named {unknown[:3]}; sim.quantizers lists the "
-                f"{len(self._quantizers)} names"
-            )
-
-    def set_enabled(self, names: Iterable[str] | None, enabled: bool) -> None:
-        """Switch the named quantizers (all when ``names`` is None) on or off."""
-        names = list(self._quantizers) if names is None else list(names)
-        self._check_names(names)
-        for n in names:
-            self._quantizers[n].enabled = enabled
-
-    @contextmanager
-    def disabled(self, names: Iterable[str] | None = None) -> Iterator[OnnxSim]:
-        """Switch quantizers off inside the block (all of them when ``names`` is None)."""
-        before = {n: q.enabled for n, q in self._quantizers.items()}
-        try:
-            self.set_enabled(names, False)
-            yield self
-        finally:
-            for n, q in self._quantizers.items():
-                q.enabled = before[n]
-
-    @contextmanager
-    def only(self, names: Iterable[str]) -> Iterator[OnnxSim]:
-        """Only the named quantizers on inside the block (the analyses' isolated view)."""
-        names = list(names)
-        self._check_names(names)
-        with self.disabled():
-            self.set_enabled(names, True)
-            yield self
-
-    # -- ranges, encodings, reports -------------------------------------------------------
-    def set_range(self, name: str, lo: float, hi: float) -> None:
-        """Fix the range of an activation quantizer; calibration leaves it alone."""
-        q = self.quantizer(name)
-        if not isinstance(q, OnnxActivationQuantizer):
-            raise ValueError(f"{name!r} is a weight quantizer; its range comes from the weight")
-        q.set_range(lo, hi)
-
-    def export(self, path: str | Path, format: str) -> Path:
-        """Write a vendor file (see `mixq.export.formats`), as the torch Sim does."""
-        from mixq.export.formats import write_format
-
-        return write_format(path, format, self.plan, self.encodings(), self.graph)
-
+    # -- exports, encodings, reports --------------------------------------------------------
     def export_onnx(
         self, path: str | Path, check: bool = True, u8_weights: bool | None = None
     ) -> ExportReport:

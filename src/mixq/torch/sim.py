@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import difflib
 import warnings
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, cast
 
@@ -32,6 +31,7 @@ from mixq.graph.report import report_json, report_text
 from mixq.graph.resolve import Resolution
 from mixq.plan import Plan
 from mixq.progress import progress_bar
+from mixq.switches import QuantizerSwitches
 from mixq.table import Table
 from mixq.torch.capture import Captured, split_inputs
 from mixq.torch.kinds import weight_arg
@@ -40,7 +40,7 @@ from mixq.torch.quantizer import ActivationQuantizer, Quantizer, WeightQuantizer
 __all__ = ["Sim"]
 
 
-class Sim(nn.Module):
+class Sim(nn.Module, QuantizerSwitches):
     """A Graph + Plan made executable: fake-quant at every quantization point.
 
     Every quantizer can be switched off and on by name; with all of them off the Sim
@@ -135,59 +135,6 @@ class Sim(nn.Module):
             warnings.warn(note, stacklevel=2)
         return self
 
-    # -- quantizer switches ------------------------------------------------------------
-    @property
-    def quantizers(self) -> list[str]:
-        """Names of every quantization point, in graph order (activations, then weights)."""
-        return list(self._quantizers)
-
-    def quantizer(self, name: str) -> Quantizer:
-        self._check_names([name])
-        return self._quantizers[name]
-
-    def _check_names(self, names: Iterable[str]) -> None:
-        unknown = [n for n in names if n not in self._quantizers]
-        if unknown:
-            raise KeyError(
-                f"no quantizer named {unknown[:3]}; sim.quantizers lists the "
-                f"{len(self._quantizers)} names"
-            )
-
-    def set_enabled(self, names: Iterable[str] | None, enabled: bool) -> None:
-        """Switch the named quantizers (all when ``names`` is None) on or off."""
-        names = list(self._quantizers) if names is None else list(names)
-        self._check_names(names)
-        for n in names:
-            self._quantizers[n].enabled = enabled
-
-    @contextmanager
-    def disabled(self, names: Iterable[str] | None = None) -> Iterator[Sim]:
-        """Switch quantizers off inside the block (all of them when ``names`` is None)."""
-        before = {n: q.enabled for n, q in self._quantizers.items()}
-        try:
-            self.set_enabled(names, False)
-            yield self
-        finally:
-            for n, q in self._quantizers.items():
-                q.enabled = before[n]
-
-    @contextmanager
-    def only(self, names: Iterable[str]) -> Iterator[Sim]:
-        """Only the named quantizers on inside the block (the analyses' isolated view)."""
-        names = list(names)
-        self._check_names(names)
-        with self.disabled():
-            self.set_enabled(names, True)
-            yield self
-
-    # -- ranges and encodings ------------------------------------------------------------
-    def set_range(self, name: str, lo: float, hi: float) -> None:
-        """Fix the range of an activation quantizer; calibration leaves it alone."""
-        q = self.quantizer(name)
-        if not isinstance(q, ActivationQuantizer):
-            raise ValueError(f"{name!r} is a weight quantizer; its range comes from the weight")
-        q.set_range(lo, hi)
-
     def learn_scales(self, learnable: bool = True) -> None:
         """Make activation scales trainable (LSQ-style QAT); calibrate first."""
         for q in self._quantizers.values():
@@ -256,16 +203,6 @@ class Sim(nn.Module):
             lo, hi, _ = profile[q.name]
             q.load_range(lo, hi)
         return self
-
-    def export(self, path: str | Path, format: str) -> Path:
-        """Write a vendor file: aimet-0.6.1, aimet-1.0.0, qaic-npi, qaic-profile,
-        ascend-keep-dtype, ascend-mixlist, ascend-customize-dtypes, ort-overrides.
-
-        Example: ``sim.export("model.encodings", format="aimet-1.0.0")``.
-        """
-        from mixq.export.formats import write_format
-
-        return write_format(path, format, self.plan, self.encodings(), self.graph)
 
     def encodings(self) -> Encodings:
         """Scale / zero point (or float type) per quantization point."""

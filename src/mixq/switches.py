@@ -1,0 +1,83 @@
+"""Quantizers by name, switched on and off: what the torch and ONNX Sims share.
+
+Example:
+    >>> # with sim.disabled(): ...            # the float model
+    >>> # with sim.only(["fc.weight"]): ...   # one quantizer on, the rest off
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = ["QuantizerSwitches"]
+
+
+class QuantizerSwitches:
+    """Mixed into a Sim that keeps its quantizers in ``self._quantizers`` (name -> quantizer,
+    each with ``enabled``, ``point`` and, for activations, ``set_range``)."""
+
+    _quantizers: dict[str, Any]
+
+    @property
+    def quantizers(self) -> list[str]:
+        """Names of every quantization point, in graph order (activations, then weights)."""
+        return list(self._quantizers)
+
+    def quantizer(self, name: str) -> Any:
+        self._check_names([name])
+        return self._quantizers[name]
+
+    def _check_names(self, names: Iterable[str]) -> None:
+        unknown = [n for n in names if n not in self._quantizers]
+        if unknown:
+            raise KeyError(
+                f"no quantizer named {unknown[:3]}; sim.quantizers lists the "
+                f"{len(self._quantizers)} names"
+            )
+
+    def set_enabled(self, names: Iterable[str] | None, enabled: bool) -> None:
+        """Switch the named quantizers (all when ``names`` is None) on or off."""
+        names = list(self._quantizers) if names is None else list(names)
+        self._check_names(names)
+        for n in names:
+            self._quantizers[n].enabled = enabled
+
+    @contextmanager
+    def disabled(self, names: Iterable[str] | None = None) -> Iterator[Any]:
+        """Switch quantizers off inside the block (all of them when ``names`` is None)."""
+        before = {n: q.enabled for n, q in self._quantizers.items()}
+        try:
+            self.set_enabled(names, False)
+            yield self
+        finally:
+            for n, q in self._quantizers.items():
+                q.enabled = before[n]
+
+    @contextmanager
+    def only(self, names: Iterable[str]) -> Iterator[Any]:
+        """Only the named quantizers on inside the block (the analyses' isolated view)."""
+        names = list(names)
+        self._check_names(names)
+        with self.disabled():
+            self.set_enabled(names, True)
+            yield self
+
+    def set_range(self, name: str, lo: float, hi: float) -> None:
+        """Fix the range of an activation quantizer; calibration leaves it alone."""
+        q = self.quantizer(name)
+        if q.point.kind != "activation":
+            raise ValueError(f"{name!r} is a weight quantizer; its range comes from the weight")
+        q.set_range(lo, hi)
+
+    def export(self, path: str | Path, format: str) -> Path:
+        """Write a vendor file: aimet-0.6.1, aimet-1.0.0, qaic-npi, qaic-profile,
+        ascend-keep-dtype, ascend-mixlist, ascend-customize-dtypes, ort-overrides.
+
+        Example: ``sim.export("model.encodings", format="aimet-1.0.0")``.
+        """
+        from mixq.export.formats import write_format
+
+        return write_format(path, format, self.plan, self.encodings(), self.graph)  # type: ignore[attr-defined]
