@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
+from onnx import TensorProto, helper, numpy_helper
 
-import onnx
 from mixq import zoo
 from mixq.onnx import session_options
-from onnx import TensorProto, helper, numpy_helper
 
 __all__ = ["cnn", "export_zoo_mlp", "float_session", "mlp", "run_float"]
 

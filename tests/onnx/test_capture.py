@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from mixq import CaptureError
 from mixq.onnx import canonical_kind, capture
-from onnx import TensorProto, helper, numpy_helper
 from tests.onnx.models import cnn, mlp
 
 pytestmark = pytest.mark.onnx

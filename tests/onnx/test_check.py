@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
+import onnx
 import pytest
 
-import onnx
 from mixq.analysis.check import check
 from tests.onnx.conftest import batches
 from tests.onnx.models import cnn, mlp

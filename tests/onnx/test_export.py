@@ -8,10 +8,10 @@ cnn int8 and int8/int16 exact (inf: ORT keeps the batch-norm unfold in float).
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 import mixq
-import onnx
 from mixq.errors import MixqError
 from tests.onnx.conftest import batches
 from tests.onnx.models import cnn, mlp

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
 import mixq
-import onnx
 from mixq import CalibrationError, ConfigError
 from mixq import primitives as P
 from mixq.onnx import OnnxSim, quantize_onnx

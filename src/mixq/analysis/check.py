@@ -42,6 +42,7 @@ from mixq.torch.capture import split_inputs
 
 if TYPE_CHECKING:
     import onnx
+
     from mixq.torch.sim import Sim
 
 __all__ = ["CheckResult", "ModuleCalls", "check", "record_calls", "unfused_rows"]

@@ -29,6 +29,7 @@ from torch import fx
 from mixq import primitives as P
 from mixq.analysis.metrics import float_leaves, sqnr
 from mixq.errors import MixqError
+from mixq.export.islands import make_float_islands
 from mixq.export.onnx_ops import TRANSLATIONS
 from mixq.torch.capture import _dynamic_shapes, split_inputs
 from mixq.torch.quantizer import ActivationQuantizer, WeightQuantizer
@@ -200,6 +201,19 @@ def _name_nodes(model: onnx.ModelProto, names: dict[str, str]) -> dict[str, dict
     return out
 
 
+def _check_integer_coverage(sim: Any, report: ExportReport) -> None:
+    missing = [
+        n
+        for n, q in sim._quantizers.items()
+        if q.enabled and not q.qtype.is_floating_point and n not in report.quantizers
+    ]
+    if missing:
+        raise MixqError(
+            f"the ONNX export lost quantizers {missing[:5]} ({len(missing)} in "
+            "all); please report this with the model"
+        )
+
+
 def _check_coverage(sim: Any, model: onnx.ModelProto, report: ExportReport) -> None:
     """Every enabled quantizer must appear in the file: integers as named Q/DQ nodes,
     float precisions as Cast pairs."""
@@ -254,7 +268,11 @@ def _has_vnni() -> bool:
 
 
 def export_onnx(
-    sim: Any, path: str | Path, check: bool = True, u8_weights: bool | None = None
+    sim: Any,
+    path: str | Path,
+    check: bool = True,
+    u8_weights: bool | None = None,
+    float_islands: bool = True,
 ) -> ExportReport:
     """Write the Sim as an ONNX Q/DQ model at ``path``; with ``check``, run it in ORT.
 
@@ -263,11 +281,15 @@ def export_onnx(
             grid). ORT's x86 kernels without VNNI saturate u8 x s8 products and lose
             accuracy (measured: 18 dB instead of 46 dB Sim vs ORT on the digits CNN); None
             decides from this machine's CPU.
+        float_islands: ops planned in fp16 / bf16 compute in that type (parameters
+            converted, fp16 ones clamped; model inputs and outputs stay fp32); False keeps
+            fp32 compute with Cast pairs that round the outputs, as the Sim does.
     """
     path = Path(path)
     u8 = not _has_vnni() if u8_weights is None else u8_weights
     gm = _Rewriter(sim, u8_weights=u8)
     module = gm.run()
+    islands = make_float_islands(module, sim) if float_islands else []
     args, kwargs = sim.example_inputs
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -285,13 +307,16 @@ def export_onnx(
     if program is None:
         raise MixqError("torch.onnx.export returned nothing for the Sim")
     model = program.model_proto
-    report = ExportReport(path, _name_nodes(model, gm.names))
+    report = ExportReport(path, _name_nodes(model, gm.names), notes=islands)
     if u8:
         report.notes.append(
             "int8 weights stored as uint8 (zero point + 128, same grid) for "
             "ORT's CPU kernels without VNNI"
         )
-    _check_coverage(sim, model, report)
+    if not float_islands:
+        _check_coverage(sim, model, report)
+    else:
+        _check_integer_coverage(sim, report)
     onnx.checker.check_model(model)
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent if path.parent.exists() else None)
     os.close(fd)
@@ -307,7 +332,17 @@ def export_onnx(
         if q.enabled and q.qtype.bits == 16 and not q.qtype.is_floating_point
     ]
     if check:
-        report.sqnr_db = _check(
-            path, sim, sim.example_inputs[0] if not sim.example_inputs[1] else sim.example_inputs[1]
-        )
+        batch = sim.example_inputs[1] or sim.example_inputs[0]
+        try:
+            report.sqnr_db = _check(path, sim, batch)
+        except Exception as e:
+            path.unlink(missing_ok=True)
+            if "NOT_IMPLEMENTED" not in str(e) and "NotImplemented" not in type(e).__name__:
+                raise
+            raise MixqError(
+                f"ONNX Runtime's CPU provider cannot run this export: {str(e).splitlines()[0]}. "
+                f"The plan asks for {'; '.join(islands) or 'these precisions'}. Export with "
+                "float_islands=False (fp32 compute, outputs rounded as the Sim does), or choose "
+                "a precision the provider runs (fp16 instead of bf16)"
+            ) from e
     return report

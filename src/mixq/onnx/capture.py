@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 import onnx
+from onnx import TensorProto, helper
+
 from mixq.errors import CaptureError
 from mixq.graph.ir import Graph, Op
 from mixq.onnx.kinds import canonical_kind, weight_slot
-from onnx import TensorProto, helper
 
 __all__ = ["capture", "constant_names", "dtype_name", "elem_type", "load_model"]
 

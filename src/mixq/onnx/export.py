@@ -26,15 +26,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-
 import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
 from mixq.analysis.metrics import sqnr
 from mixq.errors import MixqError
 from mixq.export.onnx_export import OPSET, ExportReport, _has_vnni
 from mixq.onnx.quantizer import OnnxActivationQuantizer, OnnxQuantizer, OnnxWeightQuantizer
 from mixq.onnx.rewrite import ONNX_TYPES
-from onnx import TensorProto, helper, numpy_helper
 
 if TYPE_CHECKING:
     from mixq.onnx.sim import OnnxSim

@@ -19,15 +19,15 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
-
 import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
 from mixq.errors import ConfigError
 from mixq.graph.fusion import find_fusion_groups
 from mixq.graph.ir import Graph, Op
 from mixq.onnx.capture import constant_names, elem_type
 from mixq.onnx.quantizer import OnnxActivationQuantizer, OnnxQuantizer, OnnxWeightQuantizer
-from onnx import TensorProto, helper, numpy_helper
 
 __all__ = ["ONNX_TYPES", "Rewriter", "ensure_opset", "required_opset"]
 

@@ -20,10 +20,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 
-import onnx
 from mixq.errors import ConfigError
 from mixq.graph.ir import Graph
 

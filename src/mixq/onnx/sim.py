@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import onnx
 import torch
 
-import onnx
 from mixq.config import Config
 from mixq.encodings import Encodings
 from mixq.errors import CalibrationError, ConfigError

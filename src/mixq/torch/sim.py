@@ -160,7 +160,11 @@ class Sim(nn.Module, QuantizerSwitches):
         return write_report(path, qa)
 
     def export_onnx(
-        self, path: str | Path, check: bool = True, u8_weights: bool | None = None
+        self,
+        path: str | Path,
+        check: bool = True,
+        u8_weights: bool | None = None,
+        float_islands: bool = True,
     ) -> Any:
         """Write an ONNX Q/DQ model (opset 21) and check it against this Sim in ONNX Runtime.
 
@@ -169,7 +173,9 @@ class Sim(nn.Module, QuantizerSwitches):
         """
         from mixq.export.onnx_export import export_onnx
 
-        return export_onnx(self, path, check=check, u8_weights=u8_weights)
+        return export_onnx(
+            self, path, check=check, u8_weights=u8_weights, float_islands=float_islands
+        )
 
     def dump_profile(self, path: str | Path) -> Path:
         """Write the qaic / Glow profile (min, max, histogram per activation tensor);

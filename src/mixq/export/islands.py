@@ -1,0 +1,102 @@
+"""Float islands for the ONNX export: ops the plan runs in fp16 / bf16 really compute in it.
+
+On the export graph (after the quantizers became export ops), every op whose output
+precision is fp16 or bf16 gets its float inputs cast down (its parameters converted, fp16
+ones clamped to the largest finite value) and its output cast back to fp32. Neighbouring
+island ops of one precision pass values to each other without the round trip, and the
+Sim's rounding cast after an island op is dropped (the value is already in that
+precision). Model inputs and outputs stay fp32 (ONNX converters' ``keep_io_types``).
+
+Example:
+    >>> # notes = make_float_islands(graph_module, sim)   # ['3 ops run in fp16: ...']
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import torch
+from torch import fx
+
+import mixq.export.onnx_ops  # noqa: F401  (registers torch.ops.mixq.*)
+from mixq.graph.kinds import is_data_movement
+
+__all__ = ["make_float_islands"]
+
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+_TO_COPY = torch.ops.aten._to_copy.default
+_EXPORT_OPS = {torch.ops.mixq.qdq.default, torch.ops.mixq.dq.default, torch.ops.mixq.cast.default}
+
+
+def _is_float(node: Any) -> bool:
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return isinstance(val, torch.Tensor) and val.dtype == torch.float32
+
+
+class _Islands:
+    def __init__(self, gm: fx.GraphModule, sim: Any) -> None:
+        self.gm, self.sim, self.graph = gm, sim, gm.graph
+        self.nodes = {n.name: n for n in self.graph.nodes}
+        self.tensors = {**dict(gm.named_parameters()), **dict(gm.named_buffers())}
+        self.back: dict[fx.Node, tuple[fx.Node, str]] = {}  # fp32 cast -> (island op, dtype)
+        self.converted: dict[tuple[str, str], fx.Node] = {}
+
+    def run(self) -> list[str]:
+        done: dict[str, list[str]] = {}
+        for op in self.sim.graph:
+            plan = self.sim.plan.ops.get(op.name)
+            if plan is None or is_data_movement(op.kind) or not plan.output:
+                continue
+            precision = plan.output[0]
+            node = self.nodes.get(self.sim.op_nodes.get(op.name, ""))
+            if precision in _DTYPES and node is not None:
+                self._island(node, precision)
+                done.setdefault(precision, []).append(op.name)
+        self.graph.lint()
+        self.gm.recompile()
+        return [f"{len(ops)} ops run in {p}: {', '.join(ops[:6])}" for p, ops in done.items()]
+
+    def _island(self, node: fx.Node, precision: str) -> None:
+        with self.graph.inserting_before(node):
+            node.args = tuple(self._down(a, precision) for a in node.args)
+        with self.graph.inserting_after(node):
+            back = self.graph.call_function(_TO_COPY, (node,), {"dtype": torch.float32})
+        node.replace_all_uses_with(back, delete_user_cb=lambda u: u is not back)
+        self.back[back] = (node, precision)
+        for user in list(back.users):  # the Sim's rounding cast is now a no-op
+            if user.target == torch.ops.mixq.cast.default and user.args[1] == precision:
+                user.replace_all_uses_with(back)
+                self.graph.erase_node(user)
+
+    def _down(self, arg: Any, precision: str) -> Any:
+        if isinstance(arg, (list, tuple)):
+            return type(arg)(self._down(a, precision) for a in arg)
+        if not isinstance(arg, fx.Node):
+            return arg
+        if arg in self.back and self.back[arg][1] == precision:
+            return self.back[arg][0]  # the neighbouring island op's own output
+        source = arg
+        if arg.target == torch.ops.mixq.cast.default and arg.args[1] == precision:
+            source = cast(fx.Node, arg.args[0])  # a weight the Sim rounds to this anyway
+        if source.op == "get_attr" and str(source.target) in self.tensors:
+            return self._parameter(str(source.target), precision)
+        if _is_float(arg) or arg.target in _EXPORT_OPS:
+            return self.graph.call_function(_TO_COPY, (arg,), {"dtype": _DTYPES[precision]})
+        return arg
+
+    def _parameter(self, name: str, precision: str) -> fx.Node:
+        key = (name, precision)
+        if key not in self.converted:
+            value = self.tensors[name].detach()
+            if value.is_floating_point():
+                finfo = torch.finfo(_DTYPES[precision])
+                value = value.clamp(finfo.min, finfo.max).to(_DTYPES[precision])
+            attr = f"mixq_{precision}_{len(self.converted)}"
+            self.gm.register_buffer(attr, value)
+            self.converted[key] = self.graph.get_attr(attr)
+        return self.converted[key]
+
+
+def make_float_islands(gm: fx.GraphModule, sim: Any) -> list[str]:
+    """Rewrite ``gm`` (the export graph of ``sim``) so fp16 / bf16 ops compute in them."""
+    return _Islands(gm, sim).run()
