@@ -254,8 +254,9 @@ class OnnxSim(QuantizerSwitches):
 
     # -- exports, encodings, reports --------------------------------------------------------
     def export_onnx(
-        self, path: str | Path, check: bool = True, u8_weights: bool | None = None
-    ) -> ExportReport:
+        self, path: str | Path, check: bool = True, u8_weights: bool | None = None,
+        float_islands: bool = True,
+    ) -> ExportReport:  # fmt: skip
         """Write a deployable ONNX Q/DQ model (opset 21) of the current state; with
         ``check``, compare it with this Sim in ONNX Runtime (see `mixq.onnx.export`).
 
@@ -263,7 +264,7 @@ class OnnxSim(QuantizerSwitches):
         """
         from mixq.onnx.export import export_onnx
 
-        return export_onnx(self, path, check, u8_weights)
+        return export_onnx(self, path, check, u8_weights, float_islands)
 
     def encodings(self) -> Encodings:
         """Scale / zero point (or float type) per quantization point."""
