@@ -72,6 +72,21 @@ class QuantizerSwitches:
             raise ValueError(f"{name!r} is a weight quantizer; its range comes from the weight")
         q.set_range(lo, hi)
 
+    def resolution_report(self, path: str | Path | None = None) -> str:
+        """How each op's precision was decided: requests as given, expanded to ops, final
+        plan, conversions, adjustments. Written to ``path`` too (``.json`` gives JSON)."""
+        from mixq.graph.report import report_json, report_text
+
+        sim: Any = self
+        text = report_text(sim.graph, sim.resolution, sim.points)
+        if sim.calibration_notes:
+            text += "\nCalibration:\n" + "\n".join(f"  {n}" for n in sim.calibration_notes)
+        if path is not None:
+            path = Path(path)
+            json_ = path.suffix == ".json"
+            path.write_text(report_json(sim.graph, sim.resolution, sim.points) if json_ else text)
+        return text
+
     def export(self, path: str | Path, format: str) -> Path:
         """Write a vendor file: aimet-0.6.1, aimet-1.0.0, qaic-npi, qaic-profile,
         ascend-keep-dtype, ascend-mixlist, ascend-customize-dtypes, ort-overrides.

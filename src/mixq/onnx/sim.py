@@ -44,7 +44,6 @@ from mixq.encodings import Encodings
 from mixq.errors import CalibrationError, ConfigError
 from mixq.graph.ir import Graph
 from mixq.graph.points import QuantPoint, quantization_points
-from mixq.graph.report import report_json, report_text
 from mixq.graph.resolve import Resolution, resolve_with_report
 from mixq.onnx.capture import capture, elem_type, load_model
 from mixq.onnx.quantizer import OnnxActivationQuantizer, OnnxQuantizer, OnnxWeightQuantizer
@@ -269,19 +268,6 @@ class OnnxSim(QuantizerSwitches):
     def encodings(self) -> Encodings:
         """Scale / zero point (or float type) per quantization point."""
         return Encodings({n: q.encoding() for n, q in self._quantizers.items()})
-
-    def resolution_report(self, path: str | Path | None = None) -> str:
-        """How each op's precision was decided (``.json`` paths get JSON)."""
-        text = report_text(self.graph, self.resolution, self.points)
-        if self.calibration_notes:
-            text += "\nCalibration:\n" + "\n".join(f"  {n}" for n in self.calibration_notes)
-        if path is not None:
-            path = Path(path)
-            json_ = path.suffix == ".json"
-            path.write_text(
-                report_json(self.graph, self.resolution, self.points) if json_ else text
-            )
-        return text
 
     def quantizer_table(self) -> Table:
         rows = [

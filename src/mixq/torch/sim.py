@@ -27,7 +27,6 @@ from mixq.errors import CalibrationError, ConfigError
 from mixq.graph.fusion import find_fusion_groups
 from mixq.graph.ir import Graph, Op
 from mixq.graph.points import QuantPoint, quantization_points
-from mixq.graph.report import report_json, report_text
 from mixq.graph.resolve import Resolution
 from mixq.plan import Plan
 from mixq.progress import progress_bar
@@ -228,20 +227,6 @@ class Sim(nn.Module, QuantizerSwitches):
         q = self.quantizer(name)
         tensors = {**dict(self.module.named_parameters()), **dict(self.module.named_buffers())}
         return [None if t is None else tensors[t] for t in getattr(q, "sources", ())]
-
-    def resolution_report(self, path: str | Path | None = None) -> str:
-        """How each op's precision was decided: requests as given, expanded to ops, final
-        plan, conversions, adjustments. Written to ``path`` too (``.json`` gives JSON)."""
-        text = report_text(self.graph, self.resolution, self.points)
-        if self.calibration_notes:
-            text += "\nCalibration:\n" + "\n".join(f"  {n}" for n in self.calibration_notes)
-        if path is not None:
-            path = Path(path)
-            json_ = path.suffix == ".json"
-            path.write_text(
-                report_json(self.graph, self.resolution, self.points) if json_ else text
-            )
-        return text
 
     def quantizer_table(self) -> Table:
         rows = [
