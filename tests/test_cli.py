@@ -146,3 +146,113 @@ def test_calibrate_dumps_and_loads_a_profile(tmp_path):
     a = mixq.Encodings.load(tmp_path / "a" / "encodings.json")
     b = mixq.Encodings.load(tmp_path / "b" / "encodings.json")
     assert [e.scale for e in a] == [e.scale for e in b]
+
+
+@pytest.mark.onnx
+def test_every_model_command_takes_an_onnx_file(tmp_path):
+    import numpy as np
+    import onnx
+
+    import mixq
+    from tests.onnx.models import mlp
+
+    model = tmp_path / "mlp.onnx"
+    onnx.save(mlp(), model)
+    data = tmp_path / "data.npz"
+    np.savez(data, x=np.random.default_rng(0).standard_normal((24, 16)).astype(np.float32))
+    feed = ["--data", str(data), "--batch-size", "8"]
+    profile = tmp_path / "profile.yaml"
+    commands = {
+        "plan": ["plan", str(model), "--out", str(tmp_path / "plan")],
+        "check": ["check", str(model), "--out", str(tmp_path / "check")],
+        "dump": ["calibrate", str(model), *feed, "--dump-profile", str(profile),
+                 "--out", str(tmp_path / "a")],
+        "load": ["calibrate", str(model), "--load-profile", str(profile),
+                 "--out", str(tmp_path / "b")],
+        "analyze": ["analyze", str(model), *feed, "--out", str(tmp_path / "analyze")],
+        "export": ["export", str(model), *feed, "--format", "ort-overrides",
+                   "--out", str(tmp_path / "export")],
+    }  # fmt: skip
+    for label, args in commands.items():
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, (label, result.output, result.exception)
+    assert "fc1" in mixq.Plan.load(tmp_path / "plan" / "plan.yaml").ops
+    assert (tmp_path / "check" / "model_check_result.txt").stat().st_size > 0
+    assert "Histogram: [" in profile.read_text() and "Histogram: []" not in profile.read_text()
+    a = mixq.Encodings.load(tmp_path / "a" / "encodings.json")
+    b = mixq.Encodings.load(tmp_path / "b" / "encodings.json")
+    assert [e.scale for e in a] == [e.scale for e in b]
+    assert (tmp_path / "analyze" / "report.html").stat().st_size > 0
+    assert {p.name for p in (tmp_path / "export").iterdir()} == {"model.onnx", "model.json"}
+
+
+def _search_files(tmp_path):
+    import numpy as np
+    import torch
+
+    from mixq import zoo
+
+    model, _ = zoo.mlp()
+    gen = np.random.default_rng(0)
+    calib, eval_ = tmp_path / "calib.npz", tmp_path / "eval.npz"
+    np.savez(calib, arg0=gen.standard_normal((32, 1, 8, 8)).astype(np.float32))
+    x = gen.standard_normal((48, 1, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        labels = model(torch.from_numpy(x)).argmax(-1).numpy()  # the float model scores 1.0
+    np.savez(eval_, arg0=x, y=labels)
+    return calib, eval_
+
+
+def test_search_command_meets_a_reachable_target(tmp_path):
+    import mixq
+    from mixq import zoo
+
+    calib, eval_ = _search_files(tmp_path)
+    out = tmp_path / "out"
+    args = ["search", "mixq.zoo:mlp", "--calib", str(calib), "--eval", str(eval_)]
+    args += ["--labels", "y", "--target", "drop:0.1", "--candidates", "int8,int16"]
+    result = runner.invoke(app, [*args, "--batch-size", "16", "--out", str(out)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "accuracy" in result.output and "all int8" in result.output and ": met" in result.output
+    assert {p.name for p in out.iterdir()} == {"plan.yaml", "points.json", "search.html"}
+    model, inputs = zoo.mlp()
+    sim = mixq.quantize(model, inputs, str(out / "plan.yaml"))
+    saved = mixq.Plan.load(out / "plan.yaml")
+    assert [(o.input, o.output, o.weight) for o in sim.plan.ops.values()] == [
+        (o.input, o.output, o.weight) for o in saved.ops.values()
+    ]
+
+
+def test_search_command_exits_3_on_a_missed_target_and_resumes(tmp_path):
+    import json
+
+    out, history = tmp_path / "out", tmp_path / "search.jsonl"
+    args = ["search", "mixq.zoo:mlp", "--metric", "sqnr", "--target", "200"]
+    args += ["--candidates", "int8,int16", "--history", str(history)]
+    result = runner.invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 3, (result.output, result.exception)
+    assert "MISSED" in result.output
+    first = json.loads((out / "points.json").read_text())
+    assert not first["met_target"] and first["evaluations"] > 0
+    assert (out / "plan.yaml").exists() and (out / "search.html").exists()
+    again = runner.invoke(app, [*args, "--resume", "--out", str(tmp_path / "again")])
+    assert again.exit_code == 3, (again.output, again.exception)
+    second = json.loads((tmp_path / "again" / "points.json").read_text())
+    assert second["evaluations"] == 0 and second["reused"] == first["evaluations"]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--budget", "bops", "KEY=FRACTION"),
+        ("--budget", "flops=0.5", "KEY=FRACTION"),
+        ("--budget", "bops=-1", "KEY=FRACTION"),
+        ("--target", "drop=0.1", "rdrop:0.01"),
+        ("--strategy", "greedy", "unknown strategy"),
+        ("--candidates", "int8,int7", "unknown precision"),
+    ],
+)
+def test_search_command_explains_bad_options(option, value, message):
+    result = runner.invoke(app, ["search", "mixq.zoo:mlp", "--budget", "bops=2", option, value])
+    text = " ".join(result.output.replace("│", " ").split())  # rich wraps the message in a box
+    assert result.exit_code == 2 and message in text, result.output

@@ -10,7 +10,7 @@ Example:
     torch.Size([8, 4])
 """
 
-from mixq import analysis, primitives, zoo
+from mixq import analysis, primitives, transforms, zoo
 from mixq.analysis.check import check
 from mixq.analysis.quant_analysis import QuantAnalysis
 from mixq.api import quantize
@@ -19,6 +19,7 @@ from mixq.encodings import Encoding, Encodings
 from mixq.errors import CalibrationError, CaptureError, ConfigError, ConflictError, MixqError
 from mixq.plan import OpPlan, Plan
 from mixq.qtypes import QTYPES, QType, qtype
+from mixq.search import SearchResult, search
 from mixq.table import Table
 from mixq.targets import TargetProfile, load_target
 
@@ -42,6 +43,7 @@ __all__ = [
     "QuantAnalysis",
     "Request",
     "Scheme",
+    "SearchResult",
     "Table",
     "TargetProfile",
     "analysis",
@@ -50,5 +52,7 @@ __all__ = [
     "primitives",
     "qtype",
     "quantize",
+    "search",
+    "transforms",
     "zoo",
 ]

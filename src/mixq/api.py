@@ -55,7 +55,8 @@ def quantize(
     example_inputs: Any,
     config: ConfigLike = None,
     strict: bool = True,
-    transforms: list[str] | None = None,
+    transforms: list[str | dict[str, Any]] | None = None,
+    calib: Any = None,
 ) -> Any:
     """Capture ``model``, resolve ``config`` into a Plan and build the simulated model.
 
@@ -65,17 +66,36 @@ def quantize(
         config: a `Config`, a dict, a precision name (``"int8"``), a config YAML, a saved
             plan YAML, or a `Plan`. None means all int8.
         strict: conflicts raise `ConflictError` instead of being adjusted.
-        transforms: float-exact rewrites applied before calibration (not available yet).
+        transforms: quantization-friendly transforms, in order: names (``"smooth"``,
+            ``"equalize"``, ``"adaround"``, ``"bias_correct"``) or dicts with a ``name`` and
+            options (see `mixq.transforms`). None takes them from the config or plan; ``[]``
+            applies none. PyTorch models only.
+        calib: batches the transforms gather their statistics on (default: the example
+            inputs); activation ranges still come from ``sim.calibrate``.
 
     Returns:
-        The `Sim`; call ``sim.calibrate(batches)`` before running it quantized.
+        The `Sim`; call ``sim.calibrate(batches)`` before running it quantized. With
+        transforms, ``sim.transform_records`` says what each changed.
     """
-    if transforms:
-        raise NotImplementedError(f"transforms {transforms} are not implemented yet")
-    if isinstance(model, (str, Path)) or type(model).__name__ == "ModelProto":
+    from mixq.transforms.pipeline import quantize_with_transforms, requested_transforms
+
+    specs = requested_transforms(config, transforms)
+    is_onnx = isinstance(model, (str, Path)) or type(model).__name__ == "ModelProto"
+    if specs and is_onnx:
+        raise ConfigError(
+            f"transforms {specs} rewrite PyTorch models; quantize the nn.Module, or apply "
+            "them before exporting it to ONNX"
+        )
+
+    def resolve(graph: Graph) -> Resolution:
+        return _resolve(model, graph, config, strict)
+
+    if specs:
+        return quantize_with_transforms(model, example_inputs, specs, resolve, calib)
+    if is_onnx:
         from mixq.onnx import build_sim
 
-        return build_sim(model, example_inputs, lambda g: _resolve(model, g, config, strict))
+        return build_sim(model, example_inputs, resolve)
     from mixq.torch.capture import capture
     from mixq.torch.sim import Sim
 

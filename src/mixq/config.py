@@ -74,7 +74,31 @@ GLOW_KINDS = {
     "Pow": "pow",
     "Gather": "embedding",
 }
-_KEYS = {"version", "target", "default", "setters", "rules", "ops", "fixed_ranges", "scheme"}
+_KEYS = {
+    "version",
+    "target",
+    "default",
+    "setters",
+    "rules",
+    "ops",
+    "fixed_ranges",
+    "scheme",
+    "transforms",
+}
+
+
+def _check_transforms(transforms: Any) -> list[str | dict[str, Any]]:
+    """A list of names or dicts with a 'name' (the names are checked when they run)."""
+    if transforms is None:
+        return []
+    if isinstance(transforms, (str, dict)) or not isinstance(transforms, (list, tuple)):
+        transforms = [transforms]
+    for t in transforms:
+        if not (isinstance(t, str) or (isinstance(t, dict) and "name" in t)):
+            raise ConfigError(
+                f"a transform is a name or a dict with a 'name' key and options, got {t!r}"
+            )
+    return [t if isinstance(t, str) else dict(t) for t in transforms]
 
 
 @dataclass(init=False)
@@ -89,6 +113,8 @@ class Config:
         fixed_ranges: tensor name -> (lo, hi) that calibration must not change.
         scheme: how quantizers are parametrised.
         target: deployment target profile (a built-in name or a YAML path).
+        transforms: quantization-friendly transforms applied before calibration, in order:
+            names (``"smooth"``) or dicts with a ``name`` and options (see `mixq.transforms`).
     """
 
     default: Precision
@@ -98,6 +124,7 @@ class Config:
     scheme: Scheme
     target: str
     version: int
+    transforms: list[str | dict[str, Any]]
 
     def __init__(
         self,
@@ -108,6 +135,7 @@ class Config:
         scheme: Scheme | None = None,
         target: str = "generic",
         version: int = CONFIG_VERSION,
+        transforms: list[str | dict[str, Any]] | None = None,
     ) -> None:
         self.default = Precision.parse(default, "default")
         self.rules = list(rules or [])
@@ -116,6 +144,7 @@ class Config:
         self.scheme = scheme or Scheme()
         self.target = str(target)
         self.version = version
+        self.transforms = _check_transforms(transforms)
         self._modules: dict[str, Any] = {}
         if self.default.activation is None or self.default.weight is None:
             raise ConfigError(
@@ -264,6 +293,22 @@ class Config:
         """Horizon's fixed scale: the symmetric range [-threshold, threshold]."""
         return self.set_range(tensor, -abs(threshold), abs(threshold))
 
+    def apply(self, model: Any, example_inputs: Any, strict: bool = True) -> Any:
+        """Resolve every request at once against ``model`` and build the Sim (AIMET's
+        ``apply()``): the same as ``mixq.quantize(model, example_inputs, self, strict)``.
+
+        Example:
+            >>> import torch
+            >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+            >>> sim = Config("int8").set_precision("0", activation="int16").apply(
+            ...     model, (torch.randn(2, 4),))
+            >>> sim.plan["0"].output
+            ('int16',)
+        """
+        from mixq.api import quantize  # the front door sits above the config layer
+
+        return quantize(model, example_inputs, self, strict=strict)
+
     # -- binding and serialisation ---------------------------------------------------------
     def bind(self, model: Any) -> Config:
         """A copy whose module-object targets are replaced by their paths in ``model``."""
@@ -289,6 +334,7 @@ class Config:
             self.scheme,
             self.target,
             self.version,
+            self.transforms,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -308,6 +354,8 @@ class Config:
         if self.fixed_ranges:
             d["fixed_ranges"] = {k: list(v) for k, v in self.fixed_ranges.items()}
         d["scheme"] = self.scheme.to_dict()
+        if self.transforms:
+            d["transforms"] = [t if isinstance(t, str) else dict(t) for t in self.transforms]
         return d
 
     @classmethod
@@ -332,6 +380,7 @@ class Config:
             scheme=Scheme.from_dict(data.get("scheme")),
             target=str(data.get("target", "generic")),
             version=version,
+            transforms=data.get("transforms"),
         )
 
     @classmethod

@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,31 @@ class Plan:
     scheme: Scheme = field(default_factory=Scheme)
     target: str = "generic"
     version: int = PLAN_VERSION
+    # transforms applied before the Sim was built, in order: {"name": ..., **resolved options}
+    # (see mixq.transforms); a reload with this plan applies them again
+    transforms: list[dict[str, Any]] = field(default_factory=list)
+
+    def bind_stats(self, graph: Any, stats: Callable[[], dict[str, Any]]) -> None:
+        """Let `cost` measure this plan: the Sim built from it gives its graph and a way to
+        get op statistics (shapes are measured on the first call). Not saved."""
+        self._cost_source = (graph, stats)
+
+    def cost(self, target: str | None = None) -> Any:
+        """MACs, BOPs, weight / activation bytes, conversions, latency and effective bits
+        (a `mixq.graph.cost.PlanCost`), on the example inputs of the Sim built from it.
+
+        Example: ``mixq.quantize(model, x, "int8").plan.cost().bops``.
+        """
+        source = getattr(self, "_cost_source", None)
+        if source is None:
+            raise ConfigError(
+                "this plan has no model to measure: call cost() on sim.plan, or use "
+                "mixq.graph.cost.plan_cost(graph, plan, sim.op_stats())"
+            )
+        from mixq.graph.cost import plan_cost
+
+        graph, stats = source
+        return plan_cost(graph, self, stats(), target)
 
     def __getitem__(self, name: str) -> OpPlan:
         try:
@@ -127,6 +152,7 @@ class Plan:
             "inputs": dict(self.inputs),
             "fixed_ranges": {k: list(v) for k, v in self.fixed_ranges.items()},
             "ops": [o.to_dict() for o in self.ops.values()],
+            **({"transforms": [dict(t) for t in self.transforms]} if self.transforms else {}),
         }
 
     @classmethod
@@ -143,6 +169,7 @@ class Plan:
                 f"({PLAN_VERSION}); upgrade mixq"
             )
         keys = {"mixq_plan", "target", "default", "scheme", "inputs", "fixed_ranges", "ops"}
+        keys.add("transforms")  # written only when the plan has transforms
         check_keys(data, keys, "plan")
         ops = [OpPlan.from_dict(o) for o in data.get("ops") or []]
         return cls(
@@ -155,6 +182,7 @@ class Plan:
             },
             target=str(data.get("target", "generic")),
             version=version,
+            transforms=[dict(t) for t in data.get("transforms") or []],
         )
 
     def save(self, path: str | Path) -> Path:

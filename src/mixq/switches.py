@@ -72,6 +72,27 @@ class QuantizerSwitches:
             raise ValueError(f"{name!r} is a weight quantizer; its range comes from the weight")
         q.set_range(lo, hi)
 
+    def op_stats(self) -> dict[str, Any]:
+        """MACs, output elements and weight sizes of every op on the example inputs (one
+        float run, measured once; see `mixq.graph.cost`)."""
+        cached = getattr(self, "_op_stats", None)
+        if cached is not None:
+            return cached
+        from mixq.analysis.runner import GraphRunner
+        from mixq.graph.cost import op_stats
+
+        sim: Any = self
+        runner = getattr(sim, "runner_class", GraphRunner)(sim)
+        args, kwargs = sim.example_inputs
+        run = runner.run(kwargs if kwargs and not args else args, enabled=())
+        shapes = {
+            t: tuple(runner.value(run, t).shape)
+            for t, tensor in sim.graph.tensors.items()
+            if tensor.quantizable and t in sim.value_nodes
+        }
+        self._op_stats = op_stats(sim.graph, shapes, sim.weight_shapes())
+        return self._op_stats
+
     def resolution_report(self, path: str | Path | None = None) -> str:
         """How each op's precision was decided: requests as given, expanded to ops, final
         plan, conversions, adjustments. Written to ``path`` too (``.json`` gives JSON)."""
@@ -81,6 +102,10 @@ class QuantizerSwitches:
         text = report_text(sim.graph, sim.resolution, sim.points)
         if sim.calibration_notes:
             text += "\nCalibration:\n" + "\n".join(f"  {n}" for n in sim.calibration_notes)
+        records = getattr(sim, "transform_records", None) or []  # see mixq.transforms
+        if records:
+            lines = [line for r in records for line in r.report_lines()]
+            text += "\nTransforms:\n" + "\n".join(lines)
         if path is not None:
             path = Path(path)
             json_ = path.suffix == ".json"

@@ -167,3 +167,36 @@ def test_sensitivity_table_feeds_the_ratio_setter(planted, tmp_path):
     assert sorted(top) == ["act2", "fc3"]  # the spike's tensor and the output it reaches
     raised = [op.name for op in plan if op.output == ("int16",)]
     assert raised == ["fc2", "act2", "fc3"]  # act2 raises its whole fused group
+
+
+def test_bad_case_tables_num_steps_and_any_chosen_metric(planted):
+    _, sim, data = planted
+    qa = QuantAnalysis(sim)
+    bad = qa.find_bad_cases(data, metric="atol", num_steps=2)
+    tables = bad.tables()
+    assert set(tables) == {"badcase_index", "badcase_value", "badcase_overall"}
+    index, overall = tables["badcase_index"].rows[0], tables["badcase_overall"].rows
+    assert {"cosine", "mse", "l1", "kl", "sqnr", "atol"} <= set(index)
+    assert all(0 <= index[m] < 32 for m in index if m != "output")  # 2 batches of 16 read
+    assert [r["metric"] for r in overall][-1] == "atol"
+    x = torch.cat([d[0] for d in data[:2]])  # num_steps=2: the third batch is never read
+    with torch.no_grad(), sim.disabled():
+        ref = sim(x)
+    with torch.no_grad():
+        err = (sim(x) - ref).abs().amax(dim=1)
+    assert bad.worst_index(get_metric("atol")) == int(err.argmax())
+
+
+def test_compare_layers_columns_and_files(planted, tmp_path):
+    _, sim, data = planted
+    table = QuantAnalysis(sim).compare_layers("accumulated", data=data[0])
+    stats = [f"{m}_{s}" for m in ("float", "quant") for s in ("min", "max", "mean", "var")]
+    assert table.columns == [
+        "op", "kind", "precision", "scale",
+        "cosine", "mse", "l1", "kl", "sqnr", "atol", "rtol",
+        *stats, "max_atol_diff", "atol_in_scales",
+    ]  # fmt: skip
+    row = next(r for r in table.rows if r["op"] == "act2")
+    assert row["atol_in_scales"] == pytest.approx(row["atol"] / row["scale"])
+    for suffix in (".txt", ".csv", ".json"):
+        assert "act2" in table.save(tmp_path / f"compare{suffix}").read_text()

@@ -2,17 +2,23 @@
 
 Floors: 35 dB for every plan here (the issue's floor for int8). Measured on 2026-11-23:
 CNN int8 45.3, CNN int8/int16 45.0; BERT int8 40.9 / 38.0 (two outputs), BERT with fp16
-softmax 41.0 / 38.0. The gap to exact comes from ORT's integer kernels (requantization
-rounding) and the batch-norm folding.
+softmax 41.0 / 38.0; uint8 with uint16 adds (2026-11-30): CNN exact (inf), BERT 56.9 / 48.9.
+The gap to exact comes from ORT's integer kernels (requantization rounding) and the
+batch-norm folding.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+
 import onnx
+import onnxruntime as ort
 import pytest
+import torch
 
 import mixq
 from mixq.errors import MixqError
+from tests.helpers import SQNR_FLOOR_DB, assert_sqnr
 
 pytestmark = [pytest.mark.onnx, pytest.mark.slow]
 FLOOR_DB = 35.0
@@ -22,6 +28,9 @@ CONFIGS = {
     "int8-int16": mixq.Config(default="int8").set_precision("kind:add", activation="int16"),
     "int8-fp16": mixq.Config(default="int8").set_precision("kind:linear", activation="fp16"),
     "w4a8": mixq.Config(default=("int8", "int4")),
+    "uint8-uint16": mixq.Config(default=("uint8", "int8")).set_precision(
+        "kind:add", activation="uint16"
+    ),
 }
 
 
@@ -35,7 +44,7 @@ def test_export_runs_in_ort_and_matches_the_sim(fixture, label, request, tmp_pat
     assert report.min_sqnr_db >= FLOOR_DB, report.to_text()
     integer = [q for q in sim.quantizers if not sim.quantizer(q).qtype.is_floating_point]
     assert set(integer) <= set(report.quantizers)  # every integer point is a named Q/DQ
-    if label == "int8-int16":
+    if label in ("int8-int16", "uint8-uint16"):
         assert report.simulated_16bit and "simulated" in report.to_text()
 
 
@@ -55,6 +64,33 @@ def test_layout_for_ort_cpu(cnn_model, tmp_path):
     assert len(weight_dq) == 5 and all(
         any(a.name == "axis" for a in n.attribute) for n in weight_dq
     )
+
+
+def _optimized_kinds(path) -> Counter[str]:
+    """Op kinds of the model after ONNX Runtime's CPU graph optimisations."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(path.with_suffix(".opt.onnx"))
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
+
+
+def test_ort_cpu_target_leaves_ort_no_float_conv(cnn_model, tmp_path):
+    """Target ort-cpu: the residual add has quantized inputs, so ORT fuses every conv."""
+    model, inputs, calib = cnn_model
+    sim = mixq.quantize(model, inputs, mixq.Config(default="int8", target="ort-cpu"))
+    sim.calibrate(calib)
+    report = sim.export_onnx(tmp_path / "m.onnx")
+    assert report.min_sqnr_db >= FLOOR_DB, report.to_text()
+    kinds = _optimized_kinds(tmp_path / "m.onnx")
+    assert kinds["QLinearConv"] == 4 and kinds["QLinearAdd"] == 1, kinds
+    assert not {"Conv", "FusedConv", "Add"} & set(kinds), kinds
+    # an NPU target fuses conv + bn + add + relu: ORT has to run that conv in float
+    npu = mixq.quantize(model, inputs, mixq.Config(default="int8", target="int8-int16-npu"))
+    npu.calibrate(calib).export_onnx(tmp_path / "npu.onnx", check=False)
+    kinds = _optimized_kinds(tmp_path / "npu.onnx")
+    assert kinds["QLinearConv"] == 3 and "QLinearAdd" not in kinds, kinds
+    assert len(sim.quantizers) == len(npu.quantizers) + 1  # the conv's output before the add
 
 
 def test_uncalibrated_export_fails_and_writes_nothing(cnn_model, tmp_path):
@@ -98,6 +134,43 @@ def test_fp16_islands_compute_in_fp16(bert_model, tmp_path):
     assert not [i for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
 
 
+def _boundary_casts(graph) -> list[str]:
+    """Cast nodes that read a model input or write a model output."""
+    io = {v.name for v in [*graph.input, *graph.output]}
+    return [n.name for n in graph.node if n.op_type == "Cast" and io & {*n.input, *n.output}]
+
+
+def test_keep_io_types_false_gives_an_fp16_plan_fp16_inputs_and_outputs(cnn_model, tmp_path):
+    model, inputs, calib = cnn_model
+    sim = mixq.quantize(model, inputs, mixq.Config(default="fp16")).calibrate(calib)
+    report = sim.export_onnx(tmp_path / "half.onnx", keep_io_types=False)
+    assert report.min_sqnr_db >= SQNR_FLOOR_DB["fp16"], report.to_text()  # measured 64.1
+    graph = onnx.load(tmp_path / "half.onnx").graph
+    half = onnx.TensorProto.FLOAT16
+    assert [v.type.tensor_type.elem_type for v in [*graph.input, *graph.output]] == [half] * 2
+    assert not _boundary_casts(graph)
+    session = ort.InferenceSession(str(tmp_path / "half.onnx"), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {graph.input[0].name: inputs[0].numpy().astype("float16")})
+    assert out.dtype == "float16"
+    with torch.no_grad():
+        assert_sqnr(torch.from_numpy(out.astype("float32")), sim(*inputs), SQNR_FLOOR_DB["fp16"])
+    kept = sim.export_onnx(tmp_path / "kept.onnx")  # keep_io_types=True: fp32 at the boundary
+    graph = onnx.load(tmp_path / "kept.onnx").graph
+    float32 = onnx.TensorProto.FLOAT
+    assert [v.type.tensor_type.elem_type for v in [*graph.input, *graph.output]] == [float32] * 2
+    assert _boundary_casts(graph) and kept.min_sqnr_db >= SQNR_FLOOR_DB["fp16"]
+
+
+def test_keep_io_types_false_leaves_int8_inputs_and_outputs_fp32(cnn_model, tmp_path):
+    model, inputs, calib = cnn_model
+    sim = mixq.quantize(model, inputs, "int8").calibrate(calib)
+    report = sim.export_onnx(tmp_path / "m.onnx", keep_io_types=False, float_islands=False)
+    assert report.min_sqnr_db >= FLOOR_DB
+    graph = onnx.load(tmp_path / "m.onnx").graph
+    float32 = onnx.TensorProto.FLOAT
+    assert [v.type.tensor_type.elem_type for v in [*graph.input, *graph.output]] == [float32] * 2
+
+
 def test_a_precision_ort_cannot_run_is_named(bert_model, tmp_path):
     model, inputs, calib = bert_model
     cfg = mixq.Config().set_precision("encoder.layer.1", activation="bf16")
@@ -106,3 +179,24 @@ def test_a_precision_ort_cannot_run_is_named(bert_model, tmp_path):
         sim.export_onnx(tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
     assert sim.export_onnx(tmp_path / "m.onnx", float_islands=False).min_sqnr_db >= FLOOR_DB
+
+
+@pytest.mark.parametrize("float_islands", [True, False])
+def test_an_export_that_loses_a_quantizer_fails_naming_it(
+    cnn_model, tmp_path, monkeypatch, float_islands
+):
+    from mixq.export import onnx_export
+
+    model, inputs, calib = cnn_model
+    sim = mixq.quantize(model, inputs, "int8").calibrate(calib)
+    name_nodes = onnx_export._name_nodes
+
+    def losing_fc(*args):
+        names = name_nodes(*args)
+        del names["fc"]
+        return names
+
+    monkeypatch.setattr(onnx_export, "_name_nodes", losing_fc)
+    with pytest.raises(MixqError, match=r"lost quantizers \['fc'\]"):
+        sim.export_onnx(tmp_path / "m.onnx", float_islands=float_islands)
+    assert not (tmp_path / "m.onnx").exists()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from mixq import Config, ConfigError, ConflictError
 from mixq.graph.ir import Graph, Op
-from mixq.graph.report import report_dict, report_text
+from mixq.graph.report import report_dict, report_json, report_text
 from mixq.graph.resolve import resolve, resolve_with_report
 from mixq.setters import KindSetter, ModuleNameSetter, SensitivitySetter
 
@@ -201,3 +203,38 @@ def test_report_has_the_three_sections():
     ]:
         assert heading in text
     assert "rules[0] 'enc'" in text and "enc.layer.0.fc, enc.layer.0.act" in text
+
+
+def _two_inputs() -> Graph:
+    """a, b -> add -> fc -> (out, fc itself), to give IO requests two slots each."""
+    g = Graph()
+    g.add_input("a", "float32")
+    g.add_input("b", "float32")
+    g.add_op(Op("add", "add", "add", inputs=["a", "b"], outputs=["sum"]))
+    g.add_op(Op("fc", "linear", "fc", inputs=["sum"], outputs=["fc"], weights={"weight": "w"}))
+    g.add_op(Op("act", "gelu", "act", inputs=["fc"], outputs=["act"]))
+    g.outputs = ["fc", "act"]
+    return g
+
+
+def test_none_in_model_io_requests_leaves_that_tensor_alone():
+    cfg = Config().set_precision("act", activation="fp16")
+    cfg.set_model_input_precision([None, "int16"]).set_model_output_precision([None, "fp32"])
+    plan = resolve(_two_inputs(), cfg)
+    assert plan.inputs == {"a": "int8", "b": "int16"}
+    assert _out(plan, "fc") == "int8" and plan["fc"].rule == "default"
+    assert _out(plan, "act") == "fp32" and plan["act"].rule == "rules[2] model_output"
+    with pytest.raises(ConfigError, match="3 precisions but the model has 2"):
+        resolve(_two_inputs(), Config().set_model_input_precision(["int8"] * 3))
+
+
+def test_report_json_has_the_same_sections_and_the_warnings():
+    cfg = Config().set_precision("enc", activation="int16").set_precision("nope", "fp16")
+    res = resolve_with_report(_graph(), cfg, strict=False)
+    data = json.loads(report_json(_graph(), res))
+    assert list(data)[:3] == ["requests", "after_preprocessing", "after_propagation"]
+    assert [r["target"] for r in data["requests"]] == ["enc", "nope"]
+    assert data["after_preprocessing"][1] == {"rule": "rules[1] 'nope'", "ops": []}
+    assert len(data["after_propagation"]) == 6 and data["conversions"]
+    assert any("nope" in n for n in data["notes"])
+    assert "warning: rules[1] 'nope': no op matches" in report_text(_graph(), res)

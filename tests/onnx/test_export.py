@@ -9,12 +9,17 @@ Cast pairs), every linear in fp16 44.8 dB (44.5 with Cast pairs).
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
+import torch
 
 import mixq
 from mixq.errors import MixqError
+from tests.helpers import SQNR_FLOOR_DB, assert_sqnr
 from tests.onnx.conftest import batches
 from tests.onnx.models import cnn, mlp
 
@@ -154,6 +159,59 @@ def test_batch_norm_is_folded_into_the_conv(tmp_path):
         dq = next(n for n in g.node if n.output[0] == producer[conv2.input[1]].output[0])
         grids.append(inits[dq.input[0]] - inits[dq.input[2]].reshape(-1, 1, 1, 1))
     np.testing.assert_array_equal(*grids)
+
+
+@pytest.mark.parametrize("target, fused", [("ort-cpu", False), ("int8-int16-npu", True)])
+def test_the_residual_add_is_unfused_for_ort_cpu_only(target, fused, tmp_path):
+    _, _, sim = _sim("cnn", mixq.Config(default="int8", target=target))
+    assert ("b2" in sim.quantizers) is not fused  # conv2 + bn2's output, read by the add
+    report = sim.export_onnx(tmp_path / "m.onnx")
+    assert report.min_sqnr_db >= FLOOR_DB, report.to_text()
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(tmp_path / "m.onnx"), opts, providers=["CPUExecutionProvider"])
+    kinds = Counter(n.op_type for n in onnx.load(tmp_path / "opt.onnx").graph.node)
+    if fused:
+        assert kinds["QLinearConv"] == 1 and "QLinearAdd" not in kinds, kinds
+    else:  # no float conv left: ORT runs both convs and the add on integers
+        assert kinds["QLinearConv"] == 2 and kinds["QLinearAdd"] == 1, kinds
+        assert not {"Conv", "FusedConv", "Add"} & set(kinds), kinds
+
+
+@pytest.mark.parametrize("float_islands", [True, False])
+@pytest.mark.parametrize("name", MODELS)
+def test_keep_io_types_false_gives_an_fp16_plan_fp16_io(name, float_islands, tmp_path):
+    model, calib, sim = _sim(name, mixq.Config(default="fp16"))
+    path = tmp_path / "m.onnx"
+    report = sim.export_onnx(path, keep_io_types=False, float_islands=float_islands)
+    assert report.min_sqnr_db >= SQNR_FLOOR_DB["fp16"], report.to_text()
+    graph = onnx.load(path).graph
+    assert [v.name for v in graph.input] == [v.name for v in model.graph.input]
+    assert [v.name for v in graph.output] == [v.name for v in model.graph.output]
+    half = onnx.TensorProto.FLOAT16
+    assert {v.type.tensor_type.elem_type for v in [*graph.input, *graph.output]} == {half}
+    casts = [n for n in graph.node if n.op_type == "Cast"]
+    to = {n.name: next(a.i for a in n.attribute if a.name == "to") for n in casts}
+    # the input's rounding Cast to fp16 went; fp32 compute (no islands) still casts it up
+    assert [to[n.name] for n in casts if "x" in n.input] == ([] if float_islands else [1])
+    if float_islands:  # the island computes y in fp16: no Cast at the output
+        assert not [n for n in casts if "y" in n.output]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"x": calib[0][0].numpy().astype(np.float16)})
+    want = sim.run_feeds(sim.input_feeds(calib[0]), sim.output_names)[0]
+    assert out.dtype == np.float16
+    assert_sqnr(
+        torch.from_numpy(out.astype(np.float32)), torch.from_numpy(want), SQNR_FLOOR_DB["fp16"]
+    )
+
+
+def test_keep_io_types_true_keeps_fp32_io_around_an_fp16_plan(tmp_path):
+    _, _, sim = _sim("mlp", mixq.Config(default="fp16"))
+    assert sim.export_onnx(tmp_path / "m.onnx").min_sqnr_db >= SQNR_FLOOR_DB["fp16"]
+    graph = onnx.load(tmp_path / "m.onnx").graph
+    float32 = onnx.TensorProto.FLOAT
+    assert {v.type.tensor_type.elem_type for v in [*graph.input, *graph.output]} == {float32}
 
 
 def test_fp16_gemm_computes_in_fp16_with_fp32_io(tmp_path):

@@ -299,3 +299,35 @@ def test_types_and_granularities(default, scheme, floor):
     elif scheme.get("weight_granularity") == "per_tensor":
         assert w.axis is None and len(w.scale) == 1
     assert enc["x"].precision == (default if isinstance(default, str) else default[0])
+
+
+def test_the_onnx_sim_has_the_torch_sims_surface():
+    """Analyses, searches and the CLI call either Sim the same way."""
+    import inspect
+
+    from mixq.torch.sim import Sim
+
+    shared = ["calibrate", "export_onnx", "dump_profile", "load_profile", "report", "export"]
+    for name in [*shared, "quantizers", "quantizer", "disabled", "only", "set_range",
+                 "set_enabled", "encodings", "resolution_report", "quantizer_table"]:  # fmt: skip
+        assert hasattr(OnnxSim, name), name
+    for name in shared:
+        torch_params = list(inspect.signature(getattr(Sim, name)).parameters)
+        assert list(inspect.signature(getattr(OnnxSim, name)).parameters) == torch_params, name
+
+
+def test_profile_round_trip_reproduces_the_scales(tmp_path):
+    _, calib, sim = _sim("cnn")
+    sim.calibrate(calib, histogram_bins=32, progress=False)
+    path = sim.dump_profile(tmp_path / "profile.yaml")
+    assert len(sim.quantizer("x").histogram) == 32
+    assert sum(sim.quantizer("x").histogram) == pytest.approx(sum(b[0].numel() for b in calib))
+    fresh = quantize_onnx(cnn(), calib[0], "int8").load_profile(path)
+    for name in sim.quantizers:
+        q, r = sim.quantizer(name), fresh.quantizer(name)
+        if q.point.kind == "activation":
+            assert torch.equal(q.scale, r.scale) and torch.equal(q.zero_point, r.zero_point)
+    assert torch.equal(fresh(*calib[0]), sim(*calib[0]))
+    other = quantize_onnx(cnn(), calib[0], mixq.Config().set_precision("conv2", activation="int16"))
+    with pytest.raises(CalibrationError, match="no entry for"):
+        other.load_profile(path)

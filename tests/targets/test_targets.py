@@ -74,6 +74,37 @@ def test_load_target_caches_builtins_but_load_reads_afresh():
     assert TargetProfile.load(NPU) == load_target(NPU)
 
 
+def test_only_ort_cpu_leaves_the_residual_add_unfused():
+    assert {n: load_target(n).fuse_residual_add for n in BUILTIN_TARGETS} == {
+        "generic": True,
+        "int8-int16-npu": True,
+        "fp16-npu": True,
+        "ort-cpu": False,
+    }
+
+
+def test_fuse_residual_add_defaults_to_true_for_a_version_1_profile_and_round_trips():
+    old = TargetProfile.from_dict(_tiny(version=1))
+    assert old.fuse_residual_add is True and old.version == 1
+    cpu = TargetProfile.from_dict(_tiny(fuse_residual_add=False))
+    assert cpu.to_dict()["fuse_residual_add"] is False
+    assert TargetProfile.from_dict(cpu.to_dict()) == cpu
+
+
+def test_fuses_residual_add_reads_a_profile_file_again_when_it_changes(tmp_path):
+    import os
+
+    from mixq.targets import fuses_residual_add
+
+    path = tmp_path / "cpu.yaml"
+    path.write_text(yaml.safe_dump(_tiny(fuse_residual_add=False)))
+    assert fuses_residual_add(path) is False and fuses_residual_add(str(path)) is False
+    path.write_text(yaml.safe_dump(_tiny(fuse_residual_add=True)))
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert fuses_residual_add(path) is True
+
+
 def test_unknown_name_lists_the_builtins():
     with pytest.raises(ConfigError) as e:
         load_target("int8-int16-npuu")
@@ -118,6 +149,7 @@ def test_user_yaml_path_loads_and_kinds_inherit_default_lists(tmp_path):
         ),
         (_tiny(kinds={"conv": {"forbid_pairs": [["int8"]]}}), ["[activation, weight]"]),
         (_tiny(kinds=["conv"]), ["kinds"]),
+        (_tiny(fuse_residual_add="no"), ["fuse_residual_add", "true or false"]),
     ],
 )
 def test_invalid_profiles_are_rejected_with_what_to_fix(data, words):

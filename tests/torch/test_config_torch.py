@@ -161,3 +161,14 @@ def test_atc_files_feed_the_precision_mode(cnn_model, tmp_path):
     bad.write_text('{"black-list": {"to-add": ["MatMul"]}, "white-list": {"to-add": ["MatMul"]}}')
     with pytest.raises(ConfigError, match="MatMul"):
         Config().precision_mode_from_files("allow_mix_precision", modify_mixlist=bad)
+
+
+def test_apply_resolves_all_requests_strict_or_best_effort(cnn_model):
+    model, inputs, _ = cnn_model
+    cfg = mixq.Config("int8", target="int8-int16-npu")
+    cfg.set_precision("block.conv1", activation="int16", weight="int16")  # a forbidden pair
+    with pytest.raises(mixq.ConflictError, match=r"block\.conv1"):
+        cfg.apply(model, inputs, strict=True)
+    sim = cfg.apply(model, inputs, strict=False)
+    assert sim.plan["block.conv1"].weight == {"weight": "int8"}
+    assert "block.conv1" in sim.resolution_report()

@@ -135,6 +135,9 @@ def test_calibration_errors_name_the_problem(cnn_model):
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(CalibrationError, match=r"'x'.*NaN"):
         sim.calibrate([(bad,)])
+    bad[0, 0, 0, 0] = float("inf")
+    with pytest.raises(CalibrationError, match=r"'x'.*Inf"):
+        sim.calibrate([calib[0], (bad,)])
     sim.calibrate(calib)  # a failed calibration leaves the sim usable
     assert torch.isfinite(sim(*inputs)).all()
 

@@ -37,7 +37,7 @@ from mixq.graph.resolve import aliases, resolve, tensor_precisions
 from mixq.plan import OpPlan, Plan
 from mixq.qtypes import qtype
 from mixq.table import Table
-from mixq.targets import load_target
+from mixq.targets import fuses_residual_add, load_target
 from mixq.torch.capture import split_inputs
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ def check(
     call_sections = _onnx_call_sections(sim.source) if onnx_model else _call_sections(records)
     result = CheckResult(
         *call_sections,
-        unfused=_table("unfused", unfused_rows(sim.graph)),
+        unfused=_table("unfused", unfused_rows(sim.graph, fuses_residual_add(sim.plan.target))),
         layers=_table("layers", _layer_rows(sim)),
         unusual=_table("unusual", _unusual_rows(sim.graph, sim.plan, requested)),
     )
@@ -293,8 +293,11 @@ def _unused(records: dict[str, ModuleCalls]) -> list[ModuleCalls]:
 
 
 # -- unfused patterns --------------------------------------------------------------------
-def unfused_rows(graph: Graph) -> list[dict[str, str]]:
+def unfused_rows(graph: Graph, fuse_add: bool = True) -> list[dict[str, str]]:
     """One row per op whose next op would extend a fusion pattern but did not fuse.
+
+    ``fuse_add`` is the target's (`mixq.targets.fuses_residual_add`): where it is False, a
+    conv followed by a residual add is the target's layout, not a missed fusion.
 
     Example:
         >>> from mixq.graph.ir import Op
@@ -305,10 +308,10 @@ def unfused_rows(graph: Graph) -> list[dict[str, str]]:
         >>> unfused_rows(g)
         [{'ops': 'fc -> act', 'reason': "fc's output is a model output"}]
     """
-    groups = find_fusion_groups(graph)
+    groups = find_fusion_groups(graph, fuse_add)
     rows = []
     for op in graph:
-        allowed = _later_stages(graph, groups[op.name], op)
+        allowed = _later_stages(graph, groups[op.name], op, fuse_add)
         if not allowed or len(op.outputs) != 1:
             continue
         for path, nxt in _successors(graph, op.outputs[0]):
@@ -321,9 +324,9 @@ def unfused_rows(graph: Graph) -> list[dict[str, str]]:
     return rows
 
 
-def _later_stages(graph: Graph, group: FusionGroup, op: Op) -> frozenset[str]:
+def _later_stages(graph: Graph, group: FusionGroup, op: Op, fuse_add: bool) -> frozenset[str]:
     """The kinds that could still follow ``op`` in the pattern its group started."""
-    stages = _stages(graph.ops[group.anchor].kind)
+    stages = _stages(graph.ops[group.anchor].kind, fuse_add)
     if op.name != group.anchor:
         if op.kind in _IDENTITY:
             return frozenset()
@@ -357,7 +360,7 @@ def _why_unfused(graph: Graph, tensors: list[str], last: str) -> str:
 
 # -- layers and unusual configurations ----------------------------------------------------
 def _layer_rows(sim: Sim) -> list[dict[str, Any]]:
-    groups = find_fusion_groups(sim.graph)
+    groups = find_fusion_groups(sim.graph, fuses_residual_add(sim.plan.target))
     axes: dict[str, list[str]] = {}
     for p in sim.points:
         if p.kind == "weight" and p.op is not None:

@@ -35,6 +35,7 @@ from mixq.graph.fusion import find_fusion_groups
 from mixq.graph.kinds import is_data_movement
 from mixq.progress import progress_bar
 from mixq.table import Table
+from mixq.targets import fuses_residual_add
 from mixq.torch.quantizer import ActivationQuantizer
 
 __all__ = ["COMPARE_METRICS", "QuantAnalysis"]
@@ -65,7 +66,7 @@ class QuantAnalysis:
         self.bad: BadCases | None = None
         self.tables: dict[str, Table] = {}
         self._rows_used = 0
-        groups = find_fusion_groups(sim.graph)
+        groups = find_fusion_groups(sim.graph, fuses_residual_add(sim.plan.target))
         self._ops = [
             op
             for op in sim.graph
@@ -89,16 +90,18 @@ class QuantAnalysis:
 
         Args:
             data: batches of model inputs (the batch dimension is dim 0).
-            metric: the metric whose worst sample later analyses run on.
+            metric: the metric whose worst sample later analyses run on (any registered
+                metric; one outside the five tracked by default is tracked as well).
             num_steps: stop after this many batches.
             custom_metric: an extra `Metric` (see `mixq.analysis.metrics.register_metric`).
         """
+        chosen = get_metric(metric)
         metrics = [get_metric(m) for m in ("cosine", "mse", "l1", "kl", "sqnr")]
-        if custom_metric is not None:
-            metrics.append(custom_metric)
-        self.bad = find_bad_cases(
-            self.runner, data, metrics, get_metric(metric), num_steps, progress
-        )
+        # the chosen metric (atol, rtol, a registered one) is tracked too, or it has no worst
+        for extra in (custom_metric, chosen):
+            if extra is not None and extra.name not in {m.name for m in metrics}:
+                metrics.append(extra)
+        self.bad = find_bad_cases(self.runner, data, metrics, chosen, num_steps, progress)
         for name, table in self.bad.tables().items():
             self.tables[name] = table
         return self.bad

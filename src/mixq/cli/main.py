@@ -3,6 +3,7 @@
 Example:
     $ mixq demo --out out/demo
     $ mixq plan mixq.zoo:resnet_like --config cfg.yaml --out out/plan
+    $ mixq search mixq.zoo:mlp --metric sqnr --target 40 --candidates int8,int16 --out out/s
 """
 
 from __future__ import annotations
@@ -183,6 +184,144 @@ def export(
     console.print(sim.export_onnx(out / "model.onnx").to_text(), soft_wrap=True)
     for fmt in formats:
         console.print(f"wrote {sim.export(out / f'model{FORMATS[fmt].suffix}', fmt)}")
+
+
+@app.command()
+def search(
+    model: Annotated[str, typer.Argument(help="package.module:factory or model.onnx")],
+    calib: Annotated[
+        Path | None, typer.Option(help=".npz of calibration inputs (else the example inputs)")
+    ] = None,
+    eval_: Annotated[
+        Path | None, typer.Option("--eval", help=".npz of evaluation inputs (else --calib)")
+    ] = None,
+    labels: Annotated[
+        str | None, typer.Option(help="array of the eval .npz holding labels (metric: accuracy)")
+    ] = None,
+    metric: Annotated[
+        str | None, typer.Option(help="cosine, sqnr, l1, mse, kl or accuracy")
+    ] = None,
+    target: Annotated[
+        str, typer.Option(help="score to reach: 0.99, drop:0.01 or rdrop:0.01 (relative)")
+    ] = "0.99",
+    candidates: Annotated[
+        str, typer.Option(help="precisions, comma-separated; activation/weight: int8/int4")
+    ] = "int8,int16,fp16",
+    strategy: Annotated[
+        str | None,
+        typer.Option(
+            help="ratio, fallback, pareto or budget (default: budget with --budget, else "
+            "fallback); a --budget also limits the others"
+        ),
+    ] = None,
+    budget: Annotated[
+        str | None, typer.Option(help="fractions of all-int8: bops=0.5,weight_bytes=0.6")
+    ] = None,
+    config: Annotated[str | None, typer.Option(help="base config: precision or YAML")] = None,
+    keep: Annotated[
+        list[str], typer.Option(help="ops kept as --config has them (repeatable)")
+    ] = [],  # noqa: B006
+    cost: Annotated[str, typer.Option(help="what cheapest means: bops, latency, weight_bytes")] = (
+        "bops"
+    ),
+    ratio: Annotated[float | None, typer.Option(help="ratio strategy: fraction raised")] = None,
+    points: Annotated[int, typer.Option(help="pareto strategy: plans along the curve")] = 10,
+    batch_size: Annotated[int, typer.Option(help="batch size for the .npz files")] = 32,
+    max_trials: Annotated[int | None, typer.Option(help="stop after N evaluations")] = None,
+    time_budget: Annotated[float | None, typer.Option(help="stop after S seconds")] = None,
+    history: Annotated[Path | None, typer.Option(help="JSONL of every evaluation")] = None,
+    resume: Annotated[bool, typer.Option(help="reuse the --history's evaluations")] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="folder for plan.yaml, points.json, search.html")
+    ] = None,
+) -> None:
+    """Search per-op precisions for the cheapest plan meeting --target; exit 3 if missed."""
+    import mixq
+    from mixq.data import load_batches, load_labels
+
+    goal, options = _parse_target(target), _parse_candidates(candidates)
+    limits = _parse_budget(budget) if budget is not None else None
+    if strategy is not None and strategy not in ("ratio", "fallback", "pareto", "budget"):
+        raise typer.BadParameter(
+            f"unknown strategy {strategy!r}: use ratio, fallback, pareto or budget"
+        )
+    data_path = eval_ or calib
+    if labels is not None and data_path is None:
+        raise typer.BadParameter("--labels names an array of --eval (or --calib); give one")
+    net, inputs = load_model(model)
+    skip = [labels] if labels else []
+    calib_batches = load_batches(calib, batch_size, skip) if calib is not None else [inputs]
+    result = mixq.search(
+        net,
+        inputs,
+        calib=calib_batches,
+        evaluate=metric or ("accuracy" if labels else "cosine"),
+        target=goal,
+        candidates=options,
+        strategy=strategy or ("budget" if limits else "fallback"),
+        data=load_batches(data_path, batch_size, skip) if data_path is not None else None,
+        labels=load_labels(data_path, labels, batch_size) if labels and data_path else None,
+        config=config,
+        budget=limits,
+        keep=keep,
+        ratio=ratio,
+        points=points,
+        cost=cost,
+        time_budget_s=time_budget,
+        max_trials=max_trials,
+        history=history,
+        resume=resume,
+    )
+    console.print(result.table().to_text(), soft_wrap=True)
+    console.print(result.summary(), soft_wrap=True)
+    if out is not None:
+        result.save(out)
+        console.print(f"wrote plan.yaml, points.json and search.html in {out}")
+    raise typer.Exit(0 if result.met_target else 3)
+
+
+def _parse_target(text: str) -> Any:
+    """``0.99`` -> 0.99, ``drop:0.01`` -> an absolute drop, ``rdrop:0.01`` -> a relative one."""
+    kind, _, value = text.rpartition(":")
+    try:
+        number = float(value)
+    except ValueError:
+        number = None
+    if number is None or kind not in ("", "drop", "rdrop"):
+        raise typer.BadParameter(
+            f"--target {text!r}: write a score (0.99), drop:0.01 (absolute drop from the float "
+            "model) or rdrop:0.01 (relative drop)"
+        )
+    return number if not kind else {"drop": number, "relative": kind == "rdrop"}
+
+
+def _parse_candidates(text: str) -> list[Any]:
+    from mixq.search.space import parse_candidates
+
+    try:
+        return parse_candidates([c.strip() for c in text.split(",") if c.strip()])
+    except ValueError as e:
+        raise typer.BadParameter(f"--candidates {text!r}: {e}") from None
+
+
+def _parse_budget(text: str) -> dict[str, float]:
+    """``bops=0.5,weight_bytes=0.6`` -> {"bops": 0.5, "weight_bytes": 0.6}."""
+    from mixq.search.milp import BUDGET_KEYS
+
+    usage = (
+        f"--budget {text!r}: write KEY=FRACTION of the all-int8 cost, comma-separated, with KEY "
+        f"one of {', '.join(BUDGET_KEYS)} and FRACTION > 0, e.g. bops=0.5"
+    )
+    out: dict[str, float] = {}
+    for item in text.split(","):
+        key, _, value = (s.strip() for s in item.partition("="))
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise typer.BadParameter(usage) from None
+        if key not in BUDGET_KEYS or not out[key] > 0:
+            raise typer.BadParameter(usage)
+    return out
 
 
 @app.command()

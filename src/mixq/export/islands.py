@@ -5,7 +5,8 @@ precision is fp16 or bf16 gets its float inputs cast down (its parameters conver
 ones clamped to the largest finite value) and its output cast back to fp32. Neighbouring
 island ops of one precision pass values to each other without the round trip, and the
 Sim's rounding cast after an island op is dropped (the value is already in that
-precision). Model inputs and outputs stay fp32 (ONNX converters' ``keep_io_types``).
+precision). Model inputs and outputs stay fp32 (ONNX converters' ``keep_io_types``);
+the exporters' ``keep_io_types=False`` retypes them afterwards (`mixq.export.io_types`).
 
 Example:
     >>> # notes = make_float_islands(graph_module, sim)   # ['3 ops run in fp16: ...']

@@ -29,6 +29,7 @@ from torch import fx
 from mixq import primitives as P
 from mixq.analysis.metrics import float_leaves, sqnr
 from mixq.errors import MixqError
+from mixq.export.io_types import float_io, io_precisions, ort_session
 from mixq.export.islands import make_float_islands
 from mixq.export.onnx_ops import TRANSLATIONS
 from mixq.torch.capture import _dynamic_shapes, split_inputs
@@ -153,7 +154,8 @@ class _Rewriter:
     def _fold_batch_norm(self, node: fx.Node, q: WeightQuantizer, fold: torch.Tensor) -> None:
         """conv -> batch_norm becomes one conv: its bias is (b - mean) * fold + beta."""
         conv = next(iter(node.users))
-        bn_name = self.sim.op_nodes[_batch_norm_of(self.sim.graph, str(q.point.op))]
+        bn_of = _batch_norm_of(self.sim.graph, str(q.point.op), self.sim.plan.target)
+        bn_name = self.sim.op_nodes[bn_of]
         bn_node = next(n for n in self.graph.nodes if n.name == bn_name)
         beta, mean = bn_node.args[2], bn_node.args[3]
         tensors = {**dict(self.gm.named_parameters()), **dict(self.gm.named_buffers())}
@@ -172,11 +174,12 @@ class _Rewriter:
         self.graph.erase_node(bn_node)
 
 
-def _batch_norm_of(graph: Any, op: str) -> str:
+def _batch_norm_of(graph: Any, op: str, target: str) -> str:
     """The batch-norm fused after ``op`` (the one whose scale is folded into its weight)."""
     from mixq.graph.fusion import find_fusion_groups
+    from mixq.targets import fuses_residual_add
 
-    group = find_fusion_groups(graph)[op].ops
+    group = find_fusion_groups(graph, fuses_residual_add(target))[op].ops
     return next(n for n in group if graph.ops[n].kind == "batch_norm")
 
 
@@ -217,16 +220,8 @@ def _check_integer_coverage(sim: Any, report: ExportReport) -> None:
 def _check_coverage(sim: Any, model: onnx.ModelProto, report: ExportReport) -> None:
     """Every enabled quantizer must appear in the file: integers as named Q/DQ nodes,
     float precisions as Cast pairs."""
-    enabled = [q for q in sim._quantizers.values() if q.enabled]
-    missing = [
-        q.name for q in enabled if not q.qtype.is_floating_point and q.name not in report.quantizers
-    ]
-    if missing:
-        raise MixqError(
-            f"the ONNX export lost quantizers {missing[:5]} ({len(missing)} in "
-            "all); please report this with the model"
-        )
-    floats = sum(1 for q in enabled if q.qtype.is_floating_point)
+    _check_integer_coverage(sim, report)
+    floats = sum(1 for q in sim._quantizers.values() if q.enabled and q.qtype.is_floating_point)
     casts = sum(
         1
         for n in model.graph.node
@@ -240,14 +235,32 @@ def _check_coverage(sim: Any, model: onnx.ModelProto, report: ExportReport) -> N
         )
 
 
-def _check(path: Path, sim: Any, batch: Any) -> list[float]:
-    import onnxruntime as ort
+def _io_by_onnx_name(sim: Any, model: onnx.ModelProto) -> tuple[dict[str, str], dict[str, str]]:
+    """The plan's input / output precisions under the exported graph's names (the export
+    keeps the order of the Sim's tensor inputs and outputs, not always their names)."""
+    inputs, outputs = io_precisions(sim.graph, sim.plan)
+    pairs = []
+    for onnx_values, names, wanted in (
+        (model.graph.input, sim.graph.inputs, inputs),
+        (model.graph.output, sim.graph.outputs, outputs),
+    ):
+        if len(onnx_values) != len(names):
+            raise MixqError(
+                f"keep_io_types=False: the export has {len(onnx_values)} model inputs / "
+                f"outputs where the Sim has {len(names)} ({names[:4]}); export with "
+                "keep_io_types=True"
+            )
+        pairs.append(
+            {v.name: wanted[t] for v, t in zip(onnx_values, names, strict=True) if t in wanted}
+        )
+    return pairs[0], pairs[1]
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+def _check(path: Path, sim: Any, batch: Any) -> list[float]:
+    run = ort_session(path)
     args, kwargs = split_inputs(batch)
     flat = [t for t in [*args, *kwargs.values()] if isinstance(t, torch.Tensor)]
-    feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), flat, strict=True)}
-    got = session.run(None, feeds)
+    got = run([t.numpy() for t in flat])
     with torch.no_grad():
         want = float_leaves(sim(*args, **kwargs))
     ort_float = [
@@ -273,6 +286,7 @@ def export_onnx(
     check: bool = True,
     u8_weights: bool | None = None,
     float_islands: bool = True,
+    keep_io_types: bool = True,
 ) -> ExportReport:
     """Write the Sim as an ONNX Q/DQ model at ``path``; with ``check``, run it in ORT.
 
@@ -284,6 +298,10 @@ def export_onnx(
         float_islands: ops planned in fp16 / bf16 compute in that type (parameters
             converted, fp16 ones clamped; model inputs and outputs stay fp32); False keeps
             fp32 compute with Cast pairs that round the outputs, as the Sim does.
+        keep_io_types: model inputs and outputs stay fp32 (ONNX converters' default);
+            False gives those the plan runs in fp16 / bf16 that element type, without the
+            Casts at the boundary (`mixq.export.io_types`); the check then feeds inputs in
+            that type and compares outputs as float.
     """
     path = Path(path)
     u8 = not _has_vnni() if u8_weights is None else u8_weights
@@ -317,6 +335,8 @@ def export_onnx(
         _check_coverage(sim, model, report)
     else:
         _check_integer_coverage(sim, report)
+    if not keep_io_types:
+        report.notes += float_io(model, *_io_by_onnx_name(sim, model))
     onnx.checker.check_model(model)
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent if path.parent.exists() else None)
     os.close(fd)

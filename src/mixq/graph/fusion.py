@@ -7,14 +7,24 @@ dropout in eval mode are skipped over):
   optional relu-like activation;
 - add or batch_norm, then optional relu-like activation.
 
+With ``fuse_add=False`` (targets whose kernels do not fuse the residual add, such as ONNX
+Runtime's CPU provider: QLinearConv then QLinearAdd) an anchor's group ends before the add,
+so the add reads quantized inputs and starts a group of its own (add, then relu). A
+target profile says which with its ``fuse_residual_add`` field;
+`mixq.targets.fuses_residual_add` reads it by target name.
+
 Example:
     >>> from mixq.graph.ir import Graph, Op
     >>> g = Graph(); g.add_input("x", "float32")
     >>> g.add_op(Op("conv", "conv", inputs=["x"], outputs=["conv"]))
     >>> g.add_op(Op("bn", "batch_norm", inputs=["conv"], outputs=["bn"]))
-    >>> g.add_op(Op("relu", "relu", inputs=["bn"], outputs=["relu"]))
+    >>> g.add_op(Op("add", "add", inputs=["bn", "x"], outputs=["add"]))
+    >>> g.add_op(Op("relu", "relu", inputs=["add"], outputs=["relu"]))
     >>> find_fusion_groups(g)["bn"].ops
-    ('conv', 'bn', 'relu')
+    ('conv', 'bn', 'add', 'relu')
+    >>> unfused = find_fusion_groups(g, fuse_add=False)
+    >>> unfused["bn"].ops, unfused["add"].ops
+    (('conv', 'bn'), ('add', 'relu'))
 """
 
 from __future__ import annotations
@@ -42,9 +52,10 @@ class FusionGroup:
         return self.ops[0]
 
 
-def _stages(kind: str) -> list[frozenset[str]]:
+def _stages(kind: str, fuse_add: bool = True) -> list[frozenset[str]]:
     if kind in _ANCHORS:
-        return [frozenset({"batch_norm"}), frozenset({"add"}), FUSABLE_ACTIVATIONS]
+        add = [frozenset({"add"})] if fuse_add else []
+        return [frozenset({"batch_norm"}), *add, FUSABLE_ACTIVATIONS]
     if kind in {"add", "batch_norm"}:
         return [FUSABLE_ACTIVATIONS]
     return []
@@ -64,9 +75,9 @@ def _next_op(graph: Graph, tensor: str) -> tuple[list[str], Op | None]:
         tensor = op.outputs[0]
 
 
-def _grow(graph: Graph, start: Op, taken: set[str]) -> list[str]:
+def _grow(graph: Graph, start: Op, taken: set[str], fuse_add: bool) -> list[str]:
     members = [start.name]
-    for stage in _stages(start.kind):
+    for stage in _stages(start.kind, fuse_add):
         tail = graph.ops[members[-1]]
         if len(tail.outputs) != 1:
             break
@@ -76,13 +87,20 @@ def _grow(graph: Graph, start: Op, taken: set[str]) -> list[str]:
     return members
 
 
-def find_fusion_groups(graph: Graph) -> dict[str, FusionGroup]:
-    """Map every op name to its group (single ops form a group of one)."""
+def find_fusion_groups(graph: Graph, fuse_add: bool = True) -> dict[str, FusionGroup]:
+    """Map every op name to its group (single ops form a group of one).
+
+    Args:
+        graph: the model.
+        fuse_add: whether a conv / linear group takes in the residual add after it (NPU
+            compilers); False ends the group before the add (ORT's CPU kernels). Callers
+            with a Plan pass ``fuses_residual_add(plan.target)``.
+    """
     groups: dict[str, FusionGroup] = {}
     for op in graph:
         if op.name in groups:
             continue
-        members = _grow(graph, op, set(groups))
+        members = _grow(graph, op, set(groups), fuse_add)
         last = graph.ops[members[-1]]
         group = FusionGroup(tuple(members), last.outputs[0] if last.outputs else "")
         for name in members:

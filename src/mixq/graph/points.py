@@ -1,7 +1,8 @@
 """Quantization points: where a quantizer sits, given a Graph and a Plan.
 
 - an activation point on every model input and every fusion-group output (data-movement
-  outputs carry their input's encoding and get none);
+  outputs carry their input's encoding and get none); the groups are the plan's target's
+  (with ``ort-cpu`` a residual add is not fused, so a conv's output before it is a point);
 - a conversion point where an op reads a tensor at a lower precision than it was produced
   (e.g. an int16 tensor read by an int8 op), shared by all readers at that precision;
 - a weight point per quantized weight (named by its parameter).
@@ -18,12 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mixq.config import Granularity
-from mixq.graph.fusion import find_fusion_groups
+from mixq.graph.fusion import FusionGroup, find_fusion_groups
 from mixq.graph.ir import Graph, Op
 from mixq.graph.kinds import is_data_movement
 from mixq.graph.resolve import aliases, tensor_precisions
 from mixq.plan import Plan
 from mixq.qtypes import qtype
+from mixq.targets import fuses_residual_add
 
 __all__ = ["QuantPoint", "quantization_points"]
 
@@ -63,8 +65,9 @@ def _lower(a: str, b: str) -> bool:
     return qtype(a).rank() < qtype(b).rank()
 
 
-def _activation_points(graph: Graph, plan: Plan, produced: dict[str, str]) -> list[QuantPoint]:
-    groups = find_fusion_groups(graph)
+def _activation_points(
+    graph: Graph, plan: Plan, produced: dict[str, str], groups: dict[str, FusionGroup]
+) -> list[QuantPoint]:
     sym = plan.scheme.activation_symmetric
     points = [
         QuantPoint(t, "activation", t, produced[t], None, symmetric=sym)
@@ -83,8 +86,9 @@ def _activation_points(graph: Graph, plan: Plan, produced: dict[str, str]) -> li
     return points
 
 
-def _conversion_points(graph: Graph, plan: Plan, produced: dict[str, str]) -> list[QuantPoint]:
-    groups = find_fusion_groups(graph)
+def _conversion_points(
+    graph: Graph, plan: Plan, produced: dict[str, str], groups: dict[str, FusionGroup]
+) -> list[QuantPoint]:
     root = aliases(graph)
     readers: dict[tuple[str, str], list[str]] = {}
     for op in graph:
@@ -150,9 +154,10 @@ def _weight_granularity(
 def quantization_points(graph: Graph, plan: Plan) -> list[QuantPoint]:
     """Every quantizer the plan needs, in graph order; fp32 points are left out."""
     produced = tensor_precisions(graph, plan.ops, plan.inputs)
+    groups = find_fusion_groups(graph, fuses_residual_add(plan.target))
     points = (
-        _activation_points(graph, plan, produced)
-        + _conversion_points(graph, plan, produced)
+        _activation_points(graph, plan, produced, groups)
+        + _conversion_points(graph, plan, produced, groups)
         + _weight_points(graph, plan)
     )
     return [p for p in points if p.precision != "fp32"]

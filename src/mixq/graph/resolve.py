@@ -9,7 +9,8 @@ Precedence, one rule at a time (each has its own test):
    a sub-tree request then a leaf request leaves the leaf at its own precision; a leaf
    then a sub-tree request gives the leaf the sub-tree's. A precision mode is one rule
    over every op. Model input / output requests set those tensors' precision.
-4. A fusion group runs at one activation precision: the member decided by the latest
+4. A fusion group (the target's: ``ort-cpu`` does not fuse a residual add into the conv
+   before it) runs at one activation precision: the member decided by the latest
    rule sets it for all (two different explicit requests inside one group are a
    conflict: strict mode raises, best-effort keeps the later and notes it).
 5. Data-movement ops take the precision of the tensor they read (``inherits <tensor>``).
@@ -240,7 +241,10 @@ class _Resolver:
     # -- propagation -------------------------------------------------------------------------
     def _unify_groups(self) -> None:
         seen: set[tuple[str, ...]] = set()
-        for group in find_fusion_groups(self.graph).values():
+        from mixq.targets import fuses_residual_add
+
+        fuse_add = fuses_residual_add(self.config.target)
+        for group in find_fusion_groups(self.graph, fuse_add).values():
             members = [n for n in group.ops if n in self.decisions]
             if len(members) < 2 or group.ops in seen:
                 continue

@@ -15,7 +15,8 @@ as the torch exporter does: ORT's CPU kernels fuse u8 activations with s8 weight
 As in the torch exporter, a batch-norm whose scale is folded into a conv's weight grid is
 folded into the conv (``DQ -> Conv`` with the folded bias, no ``Div`` / batch-norm), so ORT
 fuses ``DQ -> Conv -> Q`` into ``QLinearConv``; and ops planned in fp16 / bf16 compute in
-that type (float islands, see `mixq.export.islands`; model inputs and outputs stay fp32).
+that type (float islands, see `mixq.export.islands`; model inputs and outputs stay fp32
+unless ``keep_io_types=False``, see `mixq.export.io_types`).
 
 Example:
     >>> # report = sim.export_onnx("model.onnx")    # sim = mixq.quantize("model.onnx", ...)
@@ -38,6 +39,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from mixq.analysis.metrics import sqnr
 from mixq.errors import MixqError
+from mixq.export.io_types import float_io, io_precisions, ort_session
 from mixq.export.onnx_export import OPSET, ExportReport, _has_vnni
 from mixq.graph.kinds import is_data_movement
 from mixq.onnx.capture import elem_type
@@ -261,7 +263,7 @@ class _Islands:
     the torch export: float inputs cast down (initializers converted, fp16 ones clamped to
     the largest finite value), float outputs cast back to fp32, neighbouring island ops of
     one type connected directly, the Sim's rounding Cast pair after an island op dropped.
-    Model inputs and outputs stay fp32."""
+    Model inputs and outputs stay fp32 (``keep_io_types=False`` retypes them afterwards)."""
 
     def __init__(self, ex: _Exporter) -> None:
         self.ex, self.g = ex, ex.g
@@ -432,6 +434,15 @@ def _check_coverage(
         )
 
 
+def _drop_folded_names(model: onnx.ModelProto, names: dict[str, dict[str, str]]) -> None:
+    """Forget the Cast pairs that fp16 / bf16 model inputs and outputs made redundant."""
+    present = {n.name for n in model.graph.node}
+    for q in [q for q, v in names.items() if not set(v.values()) <= present]:
+        del names[q]
+    meta = next(p for p in model.metadata_props if p.key == "mixq.quantizers")
+    meta.value = json.dumps(names)
+
+
 def _save(model: onnx.ModelProto, path: Path) -> None:
     """Write through a temporary file, so a failed write leaves nothing at ``path``."""
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent if path.parent.exists() else None)
@@ -446,13 +457,11 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
 
 def _compare(sim: OnnxSim, path: Path) -> list[float]:
     """SQNR(Sim vs ORT with default optimisations) per float output on the example inputs."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    run = ort_session(path)
     args, kwargs = sim.example_inputs
     feeds = sim.input_feeds(kwargs or args)
     want = sim.run_feeds(feeds, sim.output_names)
-    got = session.run([o.name for o in session.get_outputs()], feeds)
+    got = run(feeds)
     return [
         sqnr(torch.from_numpy(np.asarray(w)), torch.from_numpy(np.asarray(g)))
         for w, g in zip(want, got, strict=True)
@@ -479,6 +488,7 @@ def export_onnx(
     check: bool = True,
     u8_weights: bool | None = None,
     float_islands: bool = True,
+    keep_io_types: bool = True,
 ) -> ExportReport:
     """Write the ONNX Sim's current state as an ONNX Q/DQ model; with ``check``, run it.
 
@@ -493,6 +503,9 @@ def export_onnx(
         float_islands: ops planned in fp16 / bf16 compute in that type (parameters
             converted, fp16 ones clamped; model inputs and outputs stay fp32); False keeps
             fp32 compute with the Cast pairs that round their outputs, as the Sim does.
+        keep_io_types: model inputs and outputs stay fp32; False gives those the plan
+            runs in fp16 / bf16 that element type, without the boundary Casts (the check
+            feeds inputs in that type and compares outputs as float).
 
     Raises:
         MixqError: an enabled integer quantizer is not calibrated (nothing is written), a
@@ -508,8 +521,12 @@ def export_onnx(
     exporter = _Exporter(sim, u8, float_islands)
     model = exporter.run()
     _check_coverage(sim, model, exporter.names, float_islands)
+    notes = list(exporter.islands)
+    if not keep_io_types:
+        notes += float_io(model, *io_precisions(sim.graph, sim.plan))
+        _drop_folded_names(model, exporter.names)
     onnx.checker.check_model(model)
-    report = ExportReport(path, exporter.names, notes=list(exporter.islands))
+    report = ExportReport(path, exporter.names, notes=notes)
     if u8 and any(isinstance(q, OnnxWeightQuantizer) and q.enabled and q.qtype.name == "int8"
                   for q in sim._quantizers.values()):  # fmt: skip
         report.notes.append(

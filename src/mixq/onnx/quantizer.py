@@ -25,7 +25,7 @@ from mixq import primitives as P
 from mixq.encodings import Encoding
 from mixq.errors import CalibrationError
 from mixq.graph.points import QuantPoint
-from mixq.observers import Observer, make_observer
+from mixq.observers import Observer, PercentileObserver, make_observer
 from mixq.qtypes import qtype
 
 __all__ = ["OnnxActivationQuantizer", "OnnxQuantizer", "OnnxWeightQuantizer"]
@@ -96,18 +96,24 @@ class OnnxActivationQuantizer(OnnxQuantizer):
         self.observer_name = observer
         self.observer: Observer | None = None
         self.fixed_range: tuple[float, float] | None = None
+        self.range: tuple[float, float] | None = None  # what the scale was chosen from
+        self.histogram: list[float] | None = None  # kept for profiles when asked
+        self._histogram: PercentileObserver | None = None
         self.scale_input = ""
         self.zero_point_input = ""
 
-    def start_observing(self, observer: str | None = None) -> None:
+    def start_observing(self, observer: str | None = None, histogram_bins: int = 0) -> None:
+        """Watch calibration values; with ``histogram_bins``, keep a histogram too."""
         self.observer_name = observer or self.observer_name
         if not self.qtype.is_floating_point:
             # A fixed range is kept, but the data is still watched to check it covers it.
             name = "minmax" if self.fixed_range is not None else self.observer_name
             self.observer = make_observer(name, dtype=self.qtype, symmetric=self.point.symmetric)
+            if histogram_bins:
+                self._histogram = PercentileObserver(dtype=self.qtype, bins=histogram_bins)
 
     def cancel_observing(self) -> None:
-        self.observer = None
+        self.observer, self._histogram = None, None
 
     def observe(self, x: np.ndarray) -> None:
         """One calibration value of the tensor; NaN / Inf raise `CalibrationError`."""
@@ -117,12 +123,18 @@ class OnnxActivationQuantizer(OnnxQuantizer):
                 f"calibration tensor {self.point.target!r} (quantizer {self.name!r}) holds "
                 f"{bad}; check the calibration data and the float model on it"
             )
+        value = torch.from_numpy(np.asarray(x, np.float32))
         if self.observer is not None:
-            self.observer.update(torch.from_numpy(np.asarray(x, np.float32)))
+            self.observer.update(value)
+        if self._histogram is not None:
+            self._histogram.update(value)
 
     def stop_observing(self) -> str | None:
         """Turn the statistics into a scale and zero point; a note if a fixed range is short."""
         observer, self.observer = self.observer, None
+        if self._histogram is not None and self._histogram.has_data:
+            self.histogram = [float(v) for v in self._histogram.hist.tolist()]
+        self._histogram = None
         if observer is None:
             return None
         if not observer.has_data:
@@ -156,7 +168,12 @@ class OnnxActivationQuantizer(OnnxQuantizer):
         if not self.qtype.is_floating_point:
             self._set_qparams(torch.tensor(float(lo)), torch.tensor(float(hi)))
 
+    def load_range(self, lo: float, hi: float) -> None:
+        """Set the scale from a known range (a profile, a search's cache) without fixing it."""
+        self._set_qparams(torch.tensor(float(lo)), torch.tensor(float(hi)))
+
     def _set_qparams(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        self.range = (float(lo), float(hi))
         self.scale, self.zero_point = P.choose_qparams(lo, hi, self.qtype, self.point.symmetric)
 
     def feeds(self) -> dict[str, np.ndarray]:

@@ -121,7 +121,11 @@ class Rewriter:
     """Builds the Sim's model: the captured model with every quantizer's subgraph."""
 
     def __init__(
-        self, model: onnx.ModelProto, graph: Graph, quantizers: dict[str, OnnxQuantizer]
+        self,
+        model: onnx.ModelProto,
+        graph: Graph,
+        quantizers: dict[str, OnnxQuantizer],
+        fuse_add: bool = True,
     ) -> None:
         self.model, self.graph, self.quantizers = model, graph, quantizers
         self.g = model.graph
@@ -130,7 +134,7 @@ class Rewriter:
         self.current = {t: t for t in graph.tensors}
         self.used = {v for n in self.g.node for v in [*n.input, *n.output]}
         self.used |= {v.name for v in self.g.input} | set(self.constants)
-        self.groups = find_fusion_groups(graph)
+        self.groups = find_fusion_groups(graph, fuse_add)  # the plan's target's groups
 
     def _fresh(self, name: str) -> str:
         out, n = name, 1

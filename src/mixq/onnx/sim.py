@@ -54,6 +54,7 @@ from mixq.plan import Plan
 from mixq.progress import progress_bar
 from mixq.switches import QuantizerSwitches
 from mixq.table import Table
+from mixq.targets import fuses_residual_add
 
 if TYPE_CHECKING:
     from mixq.export.onnx_export import ExportReport
@@ -101,10 +102,12 @@ class OnnxSim(QuantizerSwitches):
         self._quantizers: dict[str, OnnxQuantizer] = {p.name: self._make(p) for p in self.points}
         self.input_names = list(graph.inputs)
         self.model = ensure_opset(load_model(model), list(self._quantizers.values()))
-        Rewriter(self.model, graph, self._quantizers).run()
+        fuse_add = fuses_residual_add(self.plan.target)
+        Rewriter(self.model, graph, self._quantizers, fuse_add).run()
         self._expose_values()
         self.session = make_session(self.model)
         self._fix_ranges()
+        self.plan.bind_stats(self.graph, self.op_stats)
 
     def _make(self, point: QuantPoint) -> OnnxQuantizer:
         if point.kind == "weight":
@@ -190,6 +193,7 @@ class OnnxSim(QuantizerSwitches):
         batches: Iterable[Any],
         observer: str | dict[str, str] | None = None,
         progress: bool = True,
+        histogram_bins: int = 0,
     ) -> OnnxSim:
         """Run ``batches`` with activation quantizers off and set every activation range.
 
@@ -198,6 +202,7 @@ class OnnxSim(QuantizerSwitches):
             observer: one observer name for all activation quantizers, or a dict
                 quantizer name -> observer name (others use the plan's default).
             progress: show a progress bar.
+            histogram_bins: also keep a histogram of every activation (for `dump_profile`).
 
         Raises:
             CalibrationError: no batches, or a tensor holds NaN / Inf (named).
@@ -211,7 +216,7 @@ class OnnxSim(QuantizerSwitches):
             if isinstance(q, OnnxActivationQuantizer) and not q.qtype.is_floating_point
         ]
         for q in acts:
-            q.start_observing(per_name.get(q.name, default))
+            q.start_observing(per_name.get(q.name, default), histogram_bins)
         try:
             count = self._observe(batches, acts, progress)
         except BaseException:
@@ -254,20 +259,58 @@ class OnnxSim(QuantizerSwitches):
     # -- exports, encodings, reports --------------------------------------------------------
     def export_onnx(
         self, path: str | Path, check: bool = True, u8_weights: bool | None = None,
-        float_islands: bool = True,
+        float_islands: bool = True, keep_io_types: bool = True,
     ) -> ExportReport:  # fmt: skip
         """Write a deployable ONNX Q/DQ model (opset 21) of the current state; with
-        ``check``, compare it with this Sim in ONNX Runtime (see `mixq.onnx.export`).
+        ``check``, compare it with this Sim in ONNX Runtime (see `mixq.onnx.export`;
+        ``keep_io_types=False`` gives fp16 / bf16 model inputs and outputs that type).
 
         Example: ``sim.export_onnx("model.onnx").min_sqnr_db``.
         """
         from mixq.onnx.export import export_onnx
 
-        return export_onnx(self, path, check, u8_weights, float_islands)
+        return export_onnx(self, path, check, u8_weights, float_islands, keep_io_types)
+
+    def dump_profile(self, path: str | Path) -> Path:
+        """Write the qaic / Glow profile (min, max, histogram per activation tensor);
+        calibrate with ``histogram_bins`` (e.g. 512) to fill the histograms."""
+        from mixq.export.formats.qaic import write_profile
+
+        histograms = {
+            n: q.histogram
+            for n, q in self._quantizers.items()
+            if isinstance(q, OnnxActivationQuantizer) and q.histogram is not None
+        }
+        return write_profile(path, self.encodings(), histograms, self.graph)
+
+    def load_profile(self, path: str | Path) -> OnnxSim:
+        """Set activation ranges from a profile instead of calibrating again."""
+        from mixq.export.formats.qaic import read_profile
+
+        profile = read_profile(path, self.graph)
+        needed = [
+            q
+            for q in self._quantizers.values()
+            if isinstance(q, OnnxActivationQuantizer) and not q.qtype.is_floating_point
+        ]
+        missing = [q.name for q in needed if q.name not in profile]
+        if missing:
+            raise CalibrationError(
+                f"profile {path} has no entry for {missing[:5]} "
+                f"({len(missing)} in all): was it made for this plan?"
+            )
+        for q in needed:
+            lo, hi, _ = profile[q.name]
+            q.load_range(lo, hi)
+        return self
 
     def encodings(self) -> Encodings:
         """Scale / zero point (or float type) per quantization point."""
         return Encodings({n: q.encoding() for n, q in self._quantizers.items()})
+
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shape of every initializer (the weights the graph's ops name)."""
+        return {i.name: tuple(int(d) for d in i.dims) for i in self.model.graph.initializer}
 
     def quantizer_table(self) -> Table:
         rows = [

@@ -10,6 +10,11 @@ Four profiles ship with mixq (`BUILTIN_TARGETS`): ``generic`` (no constraint),
 ``int8-int16-npu`` (Horizon J6-like), ``fp16-npu`` and ``ort-cpu`` (ONNX Runtime CPU).
 Any other target is a YAML file of the same shape (write one with `TargetProfile.save`).
 
+``fuse_residual_add`` (version 2; default true) says whether the target's kernels fuse a
+residual add into the conv / linear before it (NPU compilers do); ``ort-cpu`` sets it false,
+as ONNX Runtime's CPU provider runs QLinearConv then QLinearAdd, so fusion groups end before
+the add there (`mixq.graph.fusion`, `fuses_residual_add`).
+
 Example:
     >>> from mixq.plan import OpPlan
     >>> npu = load_target("int8-int16-npu")
@@ -55,13 +60,29 @@ from mixq.targets._support import (
     unique,
 )
 
-__all__ = ["BUILTIN_TARGETS", "TARGET_VERSION", "KindSupport", "TargetProfile", "load_target"]
+__all__ = [
+    "BUILTIN_TARGETS",
+    "TARGET_VERSION",
+    "KindSupport",
+    "TargetProfile",
+    "fuses_residual_add",
+    "load_target",
+]
 
-TARGET_VERSION = 1
+TARGET_VERSION = 2  # 2: fuse_residual_add (a version-1 profile fuses the add, as before)
 
 BUILTIN_TARGETS: tuple[str, ...] = ("generic", "int8-int16-npu", "fp16-npu", "ort-cpu")
 
-_KEYS = ("version", "name", "description", "notes", "default", "kinds", "cost")
+_KEYS = (
+    "version",
+    "name",
+    "description",
+    "notes",
+    "default",
+    "kinds",
+    "cost",
+    "fuse_residual_add",
+)
 
 
 @dataclass(frozen=True)
@@ -76,6 +97,9 @@ class TargetProfile:
         cost: relative cost per precision (int8 = 1.0), for a search's latency estimate;
             it must cover every precision the profile allows.
         notes: caveats a person choosing precisions should know.
+        fuse_residual_add: whether a residual add runs fused into the conv / linear before
+            it, with no quantizer between them (NPUs); False gives the add quantized inputs
+            and a kernel of its own (ONNX Runtime CPU: QLinearConv, then QLinearAdd).
 
     Example:
         >>> p = TargetProfile("tiny", "int8 only", KindSupport(["int8"], ["int8"]), {},
@@ -92,6 +116,7 @@ class TargetProfile:
     kinds: dict[str, KindSupport]
     cost: dict[str, float]
     notes: tuple[str, ...] = ()
+    fuse_residual_add: bool = True
     version: int = TARGET_VERSION
 
     __hash__ = None  # type: ignore[assignment]
@@ -109,6 +134,11 @@ class TargetProfile:
             raise ConfigError(
                 f"target profile {self.name!r}: default and kinds need KindSupport values; "
                 "build a profile from plain data with TargetProfile.from_dict"
+            )
+        if not isinstance(self.fuse_residual_add, bool):
+            raise ConfigError(
+                f"target profile {self.name!r} fuse_residual_add must be true or false, got "
+                f"{self.fuse_residual_add!r}"
             )
         object.__setattr__(self, "kinds", dict(self.kinds))
         object.__setattr__(self, "notes", note_list(self.notes, self.name))
@@ -261,6 +291,7 @@ class TargetProfile:
             "default": self.default.to_dict(),
             "kinds": {k: s.to_dict() for k, s in self.kinds.items()},
             "cost": dict(self.cost),
+            "fuse_residual_add": self.fuse_residual_add,
         }
 
     @classmethod
@@ -293,6 +324,7 @@ class TargetProfile:
             },
             cost=data["cost"],
             notes=data.get("notes") or (),
+            fuse_residual_add=data.get("fuse_residual_add", True),
             version=version_number(data.get("version", TARGET_VERSION), where),
         )
 
@@ -346,6 +378,28 @@ def load_target(name_or_path: str | Path) -> TargetProfile:
     if isinstance(name_or_path, str) and name_or_path in BUILTIN_TARGETS:
         return _builtin(name_or_path)
     return TargetProfile.load(name_or_path)
+
+
+@functools.lru_cache(maxsize=64)
+def _fuses_residual_add(name: str, stamp: int) -> bool:
+    return load_target(name).fuse_residual_add
+
+
+def fuses_residual_add(target: str | Path) -> bool:
+    """Whether ``target`` (a built-in name or a profile's path) fuses the residual add.
+
+    What `mixq.graph.fusion.find_fusion_groups` takes as ``fuse_add`` for a Plan's target;
+    cached, as every quantization-point and fusion-group lookup asks (a file is read again
+    when it changes).
+
+    Example:
+        >>> fuses_residual_add("int8-int16-npu"), fuses_residual_add("ort-cpu")
+        (True, False)
+    """
+    name = str(target)
+    if name in BUILTIN_TARGETS or not Path(name).is_file():
+        return _fuses_residual_add(name, 0)
+    return _fuses_residual_add(name, Path(name).stat().st_mtime_ns)
 
 
 def _unknown_target(name: str) -> str:

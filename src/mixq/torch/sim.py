@@ -32,6 +32,7 @@ from mixq.plan import Plan
 from mixq.progress import progress_bar
 from mixq.switches import QuantizerSwitches
 from mixq.table import Table
+from mixq.targets import fuses_residual_add
 from mixq.torch.capture import Captured, split_inputs
 from mixq.torch.kinds import weight_arg
 from mixq.torch.quantizer import ActivationQuantizer, Quantizer, WeightQuantizer
@@ -65,6 +66,7 @@ class Sim(nn.Module, QuantizerSwitches):
         _Inserter(self, captured).run()
         self.module.recompile()
         self._fix_ranges()
+        self.plan.bind_stats(self.graph, self.op_stats)
 
     def _fix_ranges(self) -> None:
         targets = {
@@ -164,16 +166,24 @@ class Sim(nn.Module, QuantizerSwitches):
         check: bool = True,
         u8_weights: bool | None = None,
         float_islands: bool = True,
+        keep_io_types: bool = True,
     ) -> Any:
         """Write an ONNX Q/DQ model (opset 21) and check it against this Sim in ONNX Runtime.
 
         Returns an `ExportReport` (SQNR of Sim vs ORT per output, 16-bit parts ORT only
-        simulates). Example: ``sim.export_onnx("model.onnx").min_sqnr_db``.
+        simulates). ``keep_io_types=False`` gives fp16 / bf16 model inputs and outputs
+        their precision (see `mixq.export.onnx_export.export_onnx`).
+        Example: ``sim.export_onnx("model.onnx").min_sqnr_db``.
         """
         from mixq.export.onnx_export import export_onnx
 
         return export_onnx(
-            self, path, check=check, u8_weights=u8_weights, float_islands=float_islands
+            self,
+            path,
+            check=check,
+            u8_weights=u8_weights,
+            float_islands=float_islands,
+            keep_io_types=keep_io_types,
         )
 
     def dump_profile(self, path: str | Path) -> Path:
@@ -221,6 +231,11 @@ class Sim(nn.Module, QuantizerSwitches):
                 if isinstance(q, WeightQuantizer) and q.scale is None and q.enabled:
                     q(*self.weight_args(q.name))
 
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shape of every parameter and buffer, by the names the graph's ops use."""
+        tensors = {**dict(self.module.named_parameters()), **dict(self.module.named_buffers())}
+        return {n: tuple(t.shape) for n, t in tensors.items()}
+
     def weight_args(self, name: str) -> list[torch.Tensor | None]:
         """The tensors a weight quantizer reads: the weight, and a batch-norm's weight and
         running variance when one is folded into it."""
@@ -251,7 +266,7 @@ class _Inserter:
         self.fx_graph = captured.module.graph
         self.current = dict(captured.tensor_nodes)  # tensor -> node holding its latest value
         self.get_attrs = {str(n.target): n for n in self.fx_graph.nodes if n.op == "get_attr"}
-        self.groups = find_fusion_groups(captured.graph)
+        self.groups = find_fusion_groups(captured.graph, fuses_residual_add(sim.plan.target))
 
     def run(self) -> None:
         for point in self.sim.points:

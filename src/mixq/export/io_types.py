@@ -1,0 +1,230 @@
+"""Model inputs and outputs in the plan's float precision (``keep_io_types=False``).
+
+ONNX converters keep a model's inputs and outputs fp32 around fp16 / bf16 parts
+(``keep_io_types=True``, mixq's default too). With ``keep_io_types=False`` a graph input or
+output whose plan precision is fp16 or bf16 takes that element type, and the Casts at the
+boundary go: ``Cast(t) <- Cast(float) <- v`` is ``v`` when ``v`` already has type ``t``
+(fp16 / bf16 -> fp32 is exact), so the Sim's rounding pair on an fp16 input and the
+island's cast back to fp32 on an fp16 output fold away. Shape-only readers (``Shape``,
+``Size``) read the retyped input directly.
+
+`ort_session` runs such a file the way the export checks do: inputs fed in the file's
+types (bf16 through an `OrtValue`), outputs read back as float32.
+
+Example:
+    >>> # notes = float_io(model, {"x": "fp16"}, {"y": "fp16"})
+    >>> # ['fp16 inputs: x', 'fp16 outputs: y']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+__all__ = ["IO_TYPES", "float_io", "io_precisions", "ort_session"]
+
+IO_TYPES = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
+_SHAPE_ONLY = frozenset({"Shape", "Size"})
+_BF16 = TensorProto.BFLOAT16
+
+
+def io_precisions(graph: Any, plan: Any) -> tuple[dict[str, str], dict[str, str]]:
+    """The plan's precision of each model input and output tensor (mixq Graph names)."""
+    inputs = {t: plan.inputs[t] for t in graph.inputs if t in plan.inputs}
+    outputs: dict[str, str] = {}
+    for t in graph.outputs:
+        producer = graph.tensors[t].producer if t in graph.tensors else None
+        op = plan.ops.get(producer) if producer is not None else None
+        floats = graph.float_outputs(graph.ops[producer]) if op is not None else []
+        if op is not None and t in floats and len(op.output) == len(floats):
+            outputs[t] = op.output[floats.index(t)]
+        elif t in plan.inputs:
+            outputs[t] = plan.inputs[t]
+    return inputs, outputs
+
+
+def _cast_to(node: onnx.NodeProto) -> int | None:
+    if node.op_type != "Cast":
+        return None
+    return next((a.i for a in node.attribute if a.name == "to"), None)
+
+
+class _Retyper:
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model, self.g = model, model.graph
+        self.used = {v for n in self.g.node for v in [*n.input, *n.output]}
+        self.used |= {v.name for v in [*self.g.input, *self.g.output]}
+        self.used |= {i.name for i in self.g.initializer}
+        self.types: dict[str, int] = {}
+
+    def fresh(self, name: str) -> str:
+        out, n = name, 1
+        while out in self.used:
+            out, n = f"{name}_{n}", n + 1
+        self.used.add(out)
+        return out
+
+    def rename_uses(self, old: str, new: str, skip: onnx.NodeProto | None = None) -> None:
+        for node in self.g.node:
+            if node is skip:
+                continue
+            for i, t in enumerate(node.input):
+                if t == old:
+                    node.input[i] = new
+
+    def retype_input(self, value: onnx.ValueInfoProto, elem: int) -> None:
+        name = value.name
+        value.type.tensor_type.elem_type = elem
+        up = self.fresh(f"{name}/to_fp32")
+        for node in self.g.node:
+            if node.op_type not in _SHAPE_ONLY:
+                node.input[:] = [up if t == name else t for t in node.input]
+        self.g.node.insert(0, helper.make_node("Cast", [name], [up], name=up, to=TensorProto.FLOAT))
+
+    def retype_output(self, value: onnx.ValueInfoProto, elem: int) -> None:
+        name = value.name
+        wide = self.fresh(f"{name}/fp32")
+        for node in self.g.node:
+            node.output[:] = [wide if t == name else t for t in node.output]
+        self.rename_uses(name, wide)
+        value.type.tensor_type.elem_type = elem
+        self.g.node.append(helper.make_node("Cast", [wide], [name], name=f"{name}/to_io", to=elem))
+
+    def simplify(self) -> None:
+        """Fold ``Cast(t) <- Cast(float) <- v`` (``v`` of type ``t``) into ``v``."""
+        self.types = self._infer_types()
+        while self._fold_one():
+            pass
+        self._prune_casts()
+        del self.g.value_info[:]  # renamed values: let consumers infer types afresh
+
+    def _infer_types(self) -> dict[str, int]:
+        try:
+            graph = onnx.shape_inference.infer_shapes(self.model).graph
+        except Exception:  # inference is a refinement: Cast outputs are known anyway
+            graph = self.g
+        types = {i.name: i.data_type for i in graph.initializer}
+        for v in [*graph.input, *graph.value_info, *graph.output]:
+            if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type:
+                types[v.name] = v.type.tensor_type.elem_type
+        for node in self.g.node:
+            to = _cast_to(node)
+            if to is not None:
+                types[node.output[0]] = to
+        return types
+
+    def _fold_one(self) -> bool:
+        producer = {o: n for n in self.g.node for o in n.output if o}
+        outputs = {v.name for v in self.g.output}
+        fixed = {v.name for v in self.g.input} | {i.name for i in self.g.initializer}
+        for node in self.g.node:
+            to = _cast_to(node)
+            if to is None or to not in IO_TYPES.values():
+                continue
+            up = producer.get(node.input[0])
+            if up is None or _cast_to(up) != TensorProto.FLOAT:
+                continue
+            source = up.input[0]
+            if self.types.get(source) != to:
+                continue
+            out = node.output[0]
+            if out not in outputs:
+                self.rename_uses(out, source)
+            elif source in fixed or source in outputs:
+                continue  # an output cannot take the name of an input or another output
+            else:
+                producer[source].output[:] = [
+                    out if t == source else t for t in producer[source].output
+                ]
+                self.rename_uses(source, out)
+                self.types[out] = to
+            self.g.node.remove(node)
+            return True
+        return False
+
+    def _prune_casts(self) -> None:
+        while True:
+            read = {t for n in self.g.node for t in n.input} | {v.name for v in self.g.output}
+            dead = [n for n in self.g.node if n.op_type == "Cast" and n.output[0] not in read]
+            if not dead:
+                return
+            for node in dead:
+                self.g.node.remove(node)
+
+
+def float_io(
+    model: onnx.ModelProto, inputs: Mapping[str, str], outputs: Mapping[str, str]
+) -> list[str]:
+    """Give the named graph inputs / outputs their fp16 / bf16 precision, in place.
+
+    Args:
+        model: the exported model (fp32 inputs and outputs).
+        inputs: graph input name -> precision; only fp16 / bf16 on a float input change.
+        outputs: graph output name -> precision, the same way.
+
+    Returns:
+        Notes for the export report (which inputs and outputs changed type).
+    """
+    r = _Retyper(model)
+    changed: dict[str, list[str]] = {}
+    float32 = TensorProto.FLOAT
+    for values, wanted, retype, role in (
+        (model.graph.input, inputs, r.retype_input, "inputs"),
+        (model.graph.output, outputs, r.retype_output, "outputs"),
+    ):
+        for value in values:
+            precision = wanted.get(value.name)
+            if precision in IO_TYPES and value.type.tensor_type.elem_type == float32:
+                retype(value, IO_TYPES[precision])
+                changed.setdefault(f"{precision} {role}", []).append(value.name)
+    if changed:
+        r.simplify()
+    return [f"{what}: {', '.join(names)}" for what, names in changed.items()]
+
+
+def ort_session(path: Any) -> Callable[[Any], list[np.ndarray]]:
+    """Run ``path`` in ONNX Runtime (CPU): float32 arrays in (a list in input order, or
+    by input name), float32 arrays out.
+
+    Inputs are converted to the file's input types (fp16, bf16); fp16 / bf16 outputs are
+    read back as float32 (bf16 through a Cast added to the session's copy of the model,
+    as NumPy has no bf16).
+    """
+    import onnxruntime as ort
+
+    model = onnx.load(str(path))
+    names = [o.name for o in model.graph.output]
+    bf16 = [o.name for o in model.graph.output if o.type.tensor_type.elem_type == _BF16]
+    for name in bf16:
+        wide = f"{name}/mixq_check_fp32"
+        model.graph.node.append(helper.make_node("Cast", [name], [wide], to=TensorProto.FLOAT))
+        model.graph.output.append(helper.make_tensor_value_info(wide, TensorProto.FLOAT, None))
+        names[names.index(name)] = wide
+    source = model.SerializeToString() if bf16 else str(path)
+    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+
+    def run(arrays: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        inputs = session.get_inputs()
+        if isinstance(arrays, Mapping):
+            arrays = [arrays[i.name] for i in inputs]
+        feeds = {i.name: _feed(a, i.type) for i, a in zip(inputs, arrays, strict=True)}
+        got = [np.asarray(g) for g in session.run(names, feeds)]
+        return [g.astype(np.float32) if g.dtype == np.float16 else g for g in got]
+
+    return run
+
+
+def _feed(array: np.ndarray, ort_type: str) -> Any:
+    if ort_type == "tensor(float16)":
+        return np.asarray(array, dtype=np.float16)
+    if ort_type == "tensor(bfloat16)":
+        import ml_dtypes
+        import onnxruntime as ort
+
+        bits = np.asarray(array, dtype=np.float32).astype(ml_dtypes.bfloat16).view(np.uint16)
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(bits, TensorProto.BFLOAT16)
+    return array

@@ -1,0 +1,400 @@
+"""The machinery every strategy shares: build a calibrated Sim for a Plan, score it, keep
+the history, stop on the time or trial budget.
+
+- `SimFactory` captures the model once and builds a Sim per Plan; activation ranges are
+  calibrated once per (tensor, precision, upstream weight precisions) and reused, so a plan
+  that changes only activations costs a Sim build and an evaluation, not a calibration,
+  and every score is what ``mixq.quantize(model, x, plan).calibrate(calib)`` gives.
+- `Evaluator` turns a Sim into a score (higher or lower is better, as the metric says).
+- `Trials` evaluates assignments: a point already in the history (this run's or, with
+  ``resume``, a killed run's) is returned without running anything; every new point is
+  appended to the JSONL history before the next one starts.
+
+Example:
+    >>> t = Target.parse({"drop": 0.01}); t.threshold(0.98, higher_is_better=True)
+    0.97
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mixq.analysis.metrics import float_leaves, get_metric
+from mixq.errors import CalibrationError, ConfigError
+from mixq.graph.cost import PlanCost, plan_cost
+from mixq.graph.resolve import Resolution
+from mixq.plan import Plan
+from mixq.search.space import Candidate, SearchSpace
+from mixq.torch.capture import split_inputs
+
+__all__ = ["Evaluator", "Exhausted", "Point", "SimFactory", "Target", "Trials"]
+
+
+class Exhausted(Exception):
+    """The time or trial budget is spent (strategies catch it and return what they have)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """What "good enough" means: an absolute value, or a drop from the float model's score.
+
+    ``Target.parse(0.99)``, ``{"drop": 0.01}`` (absolute) or ``{"drop": 0.01,
+    "relative": True}`` (a fraction of the float score).
+    """
+
+    value: float | None = None
+    drop: float | None = None
+    relative: bool = False
+
+    @classmethod
+    def parse(cls, target: Any) -> Target:
+        if isinstance(target, Target):
+            return target
+        if isinstance(target, (int, float)):
+            return cls(value=float(target))
+        if isinstance(target, dict):
+            unknown = set(target) - {"value", "drop", "relative"}
+            if unknown or ("value" in target) == ("drop" in target):
+                raise ConfigError(
+                    f"target {target!r}: give a number, {{'drop': d}} or "
+                    "{'drop': d, 'relative': True}"
+                )
+            return cls(target.get("value"), target.get("drop"), bool(target.get("relative")))
+        raise ConfigError(f"target {target!r} is not a number or a dict with 'drop'")
+
+    def threshold(self, baseline: float, higher_is_better: bool) -> float:
+        """The score to reach, given the float model's ``baseline``."""
+        if self.value is not None:
+            return self.value
+        assert self.drop is not None
+        if not math.isfinite(baseline):
+            raise ConfigError(
+                f"the float model scores {baseline} on this metric, so a drop from it means "
+                "nothing; give an absolute target (e.g. target=40 for SQNR in dB)"
+            )
+        drop = self.drop * abs(baseline) if self.relative else self.drop
+        return baseline - drop if higher_is_better else baseline + drop
+
+
+class Evaluator:
+    """Scores a Sim on evaluation data.
+
+    Args:
+        evaluate: a function ``sim -> float`` (higher is better), a metric name comparing
+            outputs with the float model's (``cosine``, ``sqnr``, ``l1``, ``mse``, ...) or
+            ``"accuracy"`` (top-1 of the first output against ``labels``).
+        data: evaluation batches (input tuples / tensors / dicts).
+        labels: one label tensor per batch, for ``"accuracy"``.
+    """
+
+    def __init__(
+        self,
+        evaluate: str | Callable[[Any], float],
+        data: list[Any],
+        labels: list[torch.Tensor] | None = None,
+    ) -> None:
+        self.fn = evaluate if callable(evaluate) else None
+        self.name = getattr(evaluate, "__name__", "custom") if callable(evaluate) else evaluate
+        self.data, self.labels = data, labels
+        if evaluate == "accuracy":
+            if labels is None or len(labels) != len(data):
+                raise ConfigError(
+                    "evaluate='accuracy' needs labels: one label tensor per evaluation batch"
+                )
+            self.higher_is_better = True
+        elif self.fn is None:
+            self.metric = get_metric(str(evaluate))
+            self.higher_is_better = self.metric.higher_is_better
+        else:
+            self.higher_is_better = True
+        self._refs: torch.Tensor | None = None
+
+    def _outputs(self, sim: Any) -> list[list[torch.Tensor]]:
+        with torch.no_grad():
+            out = []
+            for batch in self.data:
+                args, kwargs = split_inputs(batch)
+                out.append(float_leaves(sim(*args, **kwargs)))
+            return out
+
+    def __call__(self, sim: Any) -> float:
+        if self.fn is not None:
+            return float(self.fn(sim))
+        outs = self._outputs(sim)
+        if self.name == "accuracy":
+            assert self.labels is not None
+            hits = sum(
+                int((o[0].argmax(-1) == y).sum()) for o, y in zip(outs, self.labels, strict=True)
+            )
+            return hits / sum(len(y) for y in self.labels)
+        if self._refs is None:
+            raise RuntimeError("call baseline(sim) first: the float outputs are not known yet")
+        flat = torch.cat([t.reshape(-1).double() for o in outs for t in o])
+        return float(self.metric(self._refs, flat))
+
+    def baseline(self, sim: Any) -> float:
+        """The float model's score (all quantizers off); remembers its outputs."""
+        with sim.disabled():
+            self._refs = torch.cat([t.reshape(-1).double() for o in self._outputs(sim) for t in o])
+            return self(sim)
+
+
+@dataclass
+class Point:
+    """One evaluated plan."""
+
+    key: str
+    label: str
+    assignment: dict[str, str]
+    score: float
+    cost: dict[str, float]
+    met: bool
+    seconds: float = 0.0
+    reused: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("reused")
+        return d
+
+
+class SimFactory:
+    """Captures the model once; builds a calibrated Sim per Plan, ranges cached."""
+
+    def __init__(self, model: Any, example_inputs: Any, calib: list[Any]) -> None:
+        self.calib, self.example_inputs = calib, example_inputs
+        self.ranges: dict[tuple[Any, ...], tuple[float, float]] = {}
+        self._ancestors: dict[str, list[str]] = {}
+        self.calibrations = 0
+        if isinstance(model, (str, Path)) or type(model).__name__ == "ModelProto":
+            from mixq.onnx.capture import capture as capture_onnx
+
+            self.graph, self._proto = capture_onnx(model)
+            self._captured = None
+        else:
+            from mixq.torch.capture import capture
+
+            self._captured = capture(model, example_inputs)
+            self.graph = self._captured.graph
+
+    def build(self, plan: Plan, notes: Iterable[str] = ()) -> Any:
+        """An uncalibrated Sim of ``plan``."""
+        resolution = Resolution(plan, notes=list(notes))
+        if self._captured is None:
+            from mixq.onnx.sim import OnnxSim
+
+            return OnnxSim(self._proto, self.graph, resolution, self.example_inputs)
+        from mixq.torch.sim import Sim
+
+        return Sim(_copy_captured(self._captured), resolution)
+
+    def sim(self, plan: Plan) -> Any:
+        """A Sim of ``plan`` with every activation range set, calibrating only when a
+        range has not been seen. Calibration runs with the weights quantized, so a range
+        is keyed by its tensor, its precision and the precisions of every weight upstream."""
+        sim = self.build(plan)
+        acts = [
+            q
+            for q in sim._quantizers.values()
+            if q.point.kind == "activation" and not q.qtype.is_floating_point
+            and q.fixed_range is None
+        ]  # fmt: skip
+        weights = {p.op: (p.name, p.precision) for p in sim.points if p.kind == "weight"}
+        keys = {q.name: self._key(q.point, weights) for q in acts}
+        if any(k not in self.ranges for k in keys.values()):
+            sim.calibrate(self.calib, progress=False)
+            self.calibrations += 1
+            self.ranges.update({keys[q.name]: q.range for q in acts if q.range is not None})
+            return sim
+        for q in acts:
+            q.load_range(*self.ranges[keys[q.name]])
+        return sim
+
+    def _key(self, point: Any, weights: dict[str | None, tuple[str, str]]) -> tuple[Any, ...]:
+        upstream = self._upstream(point.target)
+        return (point.target, point.precision, tuple(weights[o] for o in upstream if o in weights))
+
+    def _upstream(self, tensor: str) -> list[str]:
+        """Every op ``tensor`` depends on, in graph order (cached)."""
+        if tensor not in self._ancestors:
+            seen: set[str] = set()
+            stack = [tensor]
+            while stack:
+                producer = self.graph.tensors[stack.pop()].producer
+                if producer is not None and producer not in seen:
+                    seen.add(producer)
+                    stack.extend(self.graph.ops[producer].inputs)
+            self._ancestors[tensor] = [op for op in self.graph.ops if op in seen]
+        return self._ancestors[tensor]
+
+
+def _copy_captured(captured: Any) -> Any:
+    """A copy for one more Sim: the module deep-copied (fx copies its graph, sharing node
+    metadata), the node maps re-pointed by node name, the Graph shared (read only)."""
+    from mixq.torch.capture import Captured
+
+    module = copy.deepcopy(captured.module)
+    nodes = {n.name: n for n in module.graph.nodes}
+    return Captured(
+        module,
+        captured.graph,
+        {t: nodes[n.name] for t, n in captured.tensor_nodes.items()},
+        {o: nodes[n.name] for o, n in captured.op_nodes.items()},
+        captured.example_inputs,
+    )
+
+
+@dataclass
+class Trials:
+    """Evaluates assignments within the budgets and keeps every point.
+
+    Attributes:
+        threshold: the score to reach; ``met`` compares with it in the metric's direction.
+        cost_key: the cost figure "cheapest" refers to (``bops``, ``latency``, ...).
+    """
+
+    space: SearchSpace
+    factory: SimFactory
+    evaluator: Evaluator
+    threshold: float
+    cost_key: str = "bops"
+    time_budget_s: float | None = None
+    max_trials: int | None = None
+    history: Path | None = None
+    progress: Callable[[str], None] | None = None
+    points: dict[str, Point] = field(default_factory=dict)
+    known: dict[str, Point] = field(default_factory=dict)
+    evaluations: int = 0
+    log: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    extra: dict[str, Any] = field(default_factory=dict)
+    reference: dict[str, float] = field(default_factory=dict)  # the all-int8 plan's cost
+    limits: dict[str, float] = field(default_factory=dict)  # absolute budget, if any
+
+    def load(self, path: Path) -> None:
+        """Read a previous run's history (``resume``): its points are not evaluated again."""
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            if rec.get("type") == "point":
+                rec.pop("type")
+                self.known[rec["key"]] = Point(**rec, reused=True)
+            elif rec.get("type") == "data":
+                self.extra[rec["name"]] = rec["value"]
+
+    def record(self, name: str, value: Any) -> None:
+        """Keep a named intermediate result (e.g. the sensitivities) in the history."""
+        self.extra[name] = value
+        self._append({"type": "data", "name": name, "value": value})
+
+    def _append(self, rec: dict[str, Any]) -> None:
+        if self.history is not None:
+            with self.history.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def met(self, score: float) -> bool:
+        if score != score:
+            return False
+        return (
+            score >= self.threshold if self.evaluator.higher_is_better else score <= self.threshold
+        )
+
+    def better(self, a: float, b: float) -> bool:
+        """``a`` scores better than ``b`` (NaN is worst)."""
+        if a != a:
+            return False
+        if b != b:
+            return True
+        return a > b if self.evaluator.higher_is_better else a < b
+
+    def check_budget(self) -> None:
+        """Raise `Exhausted` once a budget is spent; the first evaluation always runs, so
+        a search never ends empty-handed."""
+        if not self.points:
+            return
+        if self.max_trials is not None and self.evaluations >= self.max_trials:
+            raise Exhausted(f"trial budget of {self.max_trials} evaluations spent")
+        if self.time_budget_s is not None and self.elapsed() >= self.time_budget_s:
+            raise Exhausted(f"time budget of {self.time_budget_s:g} s spent")
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def cost(self, plan: Plan) -> PlanCost:
+        return plan_cost(self.space.graph, plan, self.space.stats)
+
+    def evaluate(self, assignment: dict[str, Candidate], label: str) -> Point:
+        """Score ``assignment`` (from the history when it is there)."""
+        key = self.space.key(assignment)
+        if key in self.points:
+            return self.points[key]
+        if key in self.known:
+            point = self.known[key]
+            self.points[key] = point
+            self._say(f"{label}: {point.score:.6g} (from the history)")
+            return point
+        self.check_budget()
+        t0 = time.monotonic()
+        plan = self.space.plan(assignment)
+        score = self.evaluator(self.factory.sim(plan))
+        free = {u.name for u in self.space.free}
+        point = Point(
+            key,
+            label,
+            {u: str(c) for u, c in assignment.items() if u in free},
+            score,
+            self.cost(plan).to_dict(),
+            self.met(score),
+            time.monotonic() - t0,
+        )
+        self.evaluations += 1
+        self.points[key] = point
+        self._append({"type": "point", **point.to_dict()})
+        self._say(f"{label}: {score:.6g}, {self.cost_key} {point.cost[self.cost_key]:.4g}")
+        return point
+
+    def _say(self, line: str) -> None:
+        self.log.append(line)
+        if self.progress is not None:
+            self.progress(line)
+
+    # -- choosing ------------------------------------------------------------------------------
+    def best(self) -> Point:
+        """The cheapest point that meets the target, else the best-scoring one."""
+        pts = [p for p in self.points.values() if self.within(p)]
+        if not pts:
+            raise CalibrationError(
+                "the search evaluated no plan within its budgets: raise the time or trial "
+                "budget, or loosen the cost budget"
+            )
+        met = [p for p in pts if p.met]
+        if met:
+            return min(met, key=lambda p: (p.cost[self.cost_key], -self._goodness(p.score)))
+        return max(pts, key=lambda p: (self._goodness(p.score), -p.cost[self.cost_key]))
+
+    def fits(self, assignment: dict[str, Candidate]) -> bool:
+        """The plan of ``assignment`` respects the budget (always true without one)."""
+        if not self.limits:
+            return True
+        cost = self.cost(self.space.plan(assignment)).to_dict()
+        return all(cost[k] <= v * (1 + 1e-9) for k, v in self.limits.items())
+
+    def within(self, point: Point) -> bool:
+        """The point respects the budget (always true without one)."""
+        return all(point.cost[k] <= v * (1 + 1e-9) for k, v in self.limits.items())
+
+    def _goodness(self, score: float) -> float:
+        if score != score:
+            return -math.inf
+        return score if self.evaluator.higher_is_better else -score

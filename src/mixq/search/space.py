@@ -1,0 +1,343 @@
+"""What a search chooses: one candidate precision per unit, and the Plan that makes.
+
+A **unit** is a fusion group (conv + batch-norm + ReLU, a LayerNorm, a softmax ...): the
+kernel an NPU runs at one precision; each float model input is a unit too (``input:x``,
+activation only). Choosing candidate ``(a, w)`` for a unit sets:
+
+- its weights to ``w``;
+- its output tensor to ``a``, and every op that reads that tensor (through data-movement
+  ops) reads it at ``a`` -- so a unit's choice decides exactly its own quantizers (its
+  output activation and its weights) and no conversion appears between units;
+- its compute at ``a`` on its own side (internal tensors of the fused kernel).
+
+The error a unit adds is then local to it, which the sensitivity and the integer program
+rely on; and the BOPs of an op depend on the choice of its unit and of its input's
+producer (the pairs `mixq.search.milp` models).
+
+Example:
+    >>> parse_candidates(["int8", ("int8", "int4"), "fp16"])
+    [Candidate('int8', 'int8'), Candidate('int8', 'int4'), Candidate('fp16', 'fp16')]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from mixq.errors import ConfigError
+from mixq.graph.cost import OpStats, op_cost
+from mixq.graph.fusion import find_fusion_groups
+from mixq.graph.ir import Graph
+from mixq.graph.kinds import is_data_movement
+from mixq.graph.match import match_ops
+from mixq.graph.resolve import aliases, tensor_precisions
+from mixq.plan import OpPlan, Plan
+from mixq.qtypes import qtype
+from mixq.targets import TargetProfile, load_target
+
+__all__ = ["Candidate", "SearchSpace", "Unit", "parse_candidates"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An (activation, weight) precision pair a unit may take."""
+
+    activation: str
+    weight: str
+
+    def __str__(self) -> str:
+        if self.activation == self.weight:
+            return self.activation
+        return f"{self.activation}/{self.weight}"
+
+    def __repr__(self) -> str:
+        return f"Candidate({self.activation!r}, {self.weight!r})"
+
+
+def parse_candidates(candidates: Iterable[Any]) -> list[Candidate]:
+    """``"int8"`` (both), ``("int8", "int4")`` or ``"int8/int4"`` (activation, weight)."""
+    out: list[Candidate] = []
+    for c in candidates:
+        if isinstance(c, Candidate):
+            pair = (c.activation, c.weight)
+        elif isinstance(c, str):
+            a, _, w = c.partition("/")
+            pair = (a, w or a)
+        elif isinstance(c, (tuple, list)) and len(c) == 2:
+            pair = (str(c[0]), str(c[1]))
+        else:
+            raise ConfigError(
+                f"candidate {c!r} is not a precision name or an (activation, weight) pair; "
+                "write e.g. 'int8', ('int8', 'int4') or 'int8/int4'"
+            )
+        try:
+            cand = Candidate(qtype(pair[0]).name, qtype(pair[1]).name)
+        except ValueError as e:
+            raise ConfigError(f"candidate {c!r}: {e}") from None
+        if cand not in out:
+            out.append(cand)
+    if not out:
+        raise ConfigError("no candidates: give at least one precision, e.g. ['int8', 'int16']")
+    return out
+
+
+@dataclass
+class Unit:
+    """One fusion group the search decides for.
+
+    Attributes:
+        name: the group's first op (its anchor).
+        ops: the group's ops that the plan lists.
+        kind: the anchor's op kind.
+        reads: (op, input position) of every read of the unit's output, through
+            data-movement ops.
+        options: the candidates the target runs for it, cheapest first.
+        fixed: kept as the base plan has it (no option, or the user asked to keep it).
+        base: its choice in the base plan.
+        input: for a model-input unit, the input tensor (its ops are empty).
+    """
+
+    name: str
+    ops: tuple[str, ...]
+    kind: str
+    reads: list[tuple[str, int]] = field(default_factory=list)
+    options: list[Candidate] = field(default_factory=list)
+    fixed: bool = False
+    base: Candidate = field(default_factory=lambda: Candidate("fp32", "fp32"))
+    input: str | None = None
+
+
+class SearchSpace:
+    """Units, their options, and the Plan of any assignment of options to units.
+
+    Args:
+        graph: the model's Graph.
+        base: the Plan the user's config resolves to; fixed units and everything outside
+            the units (model inputs, data movement) start from it.
+        candidates: the precisions to choose from.
+        stats: op statistics (for ordering options by cost).
+        keep: targets (op names, module paths, kinds, globs, ``re:``) kept as in ``base``.
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        base: Plan,
+        candidates: list[Candidate],
+        stats: dict[str, OpStats],
+        keep: Iterable[str] = (),
+    ) -> None:
+        self.graph, self.base, self.candidates, self.stats = graph, base, candidates, stats
+        self.profile: TargetProfile = load_target(base.target)
+        self._groups = find_fusion_groups(graph, self.profile.fuse_residual_add)
+        self._root = aliases(graph)
+        self.units: dict[str, Unit] = {}
+        self.unit_of: dict[str, str] = {}
+        self._touching: dict[str, list[str]] = {}
+        self._make_units()
+        kept = {n for t in keep for n in self._match_keep(t)}
+        for unit in self.units.values():
+            unit.options = self._options(unit)
+            unit.base = self._base_choice(unit)
+            unit.fixed = not unit.options or bool(kept & set(unit.ops))
+            if unit.fixed:
+                unit.options = [unit.base]
+
+    # -- units -------------------------------------------------------------------------------
+    def source(self, tensor: str) -> str | None:
+        """The unit whose choice sets the precision ``tensor`` is read at (None: none)."""
+        root = self._root.get(tensor, tensor)
+        producer = self.graph.tensors[root].producer
+        if producer is None:
+            return f"input:{root}" if f"input:{root}" in self.units else None
+        return self.unit_of.get(producer)
+
+    def _make_units(self) -> None:
+        for t in self.graph.inputs:
+            if t in self.base.inputs:
+                self.units[f"input:{t}"] = Unit(f"input:{t}", (), "input", input=t)
+        for op in self.graph:
+            if op.name not in self.base.ops or is_data_movement(op.kind):
+                continue
+            group = self._groups[op.name]
+            name = group.anchor
+            if name not in self.units:
+                members = tuple(n for n in group.ops if n in self.base.ops)
+                self.units[name] = Unit(name, members, self.graph.ops[name].kind)
+            self.unit_of[op.name] = name
+        for op in self.graph:
+            if op.name not in self.unit_of:
+                continue
+            for i, t in enumerate(self.graph.float_inputs(op)):
+                src = self.source(t)
+                if src is not None and src != self.unit_of[op.name]:
+                    self.units[src].reads.append((op.name, i))
+
+    def _match_keep(self, target: str) -> list[str]:
+        names = match_ops(self.graph, target)
+        if not names:
+            raise ConfigError(
+                f"keep target {target!r} matches no op; run `mixq plan` to list op names"
+            )
+        return names
+
+    def _options(self, unit: Unit) -> list[Candidate]:
+        kinds = {self.graph.ops[n].kind for n in unit.ops}
+        kinds |= {self.graph.ops[op].kind for op, _ in unit.reads}
+        weighted = [self.graph.ops[n].kind for n in unit.ops if self.graph.ops[n].weights]
+        ok = []
+        for c in self.candidates:
+            if all(c.activation in self.profile.support(k).activations for k in kinds) and all(
+                c.weight in self.profile.support(k).weights for k in weighted
+            ):
+                ok.append(c)
+        # weightless units: candidates differing only in weight are one choice
+        if not weighted:
+            ok = list({c.activation: Candidate(c.activation, c.activation) for c in ok}.values())
+        return sorted(ok, key=lambda c: (*self.unit_cost(unit, c), _rank(c)))
+
+    def unit_cost(self, unit: Unit, cand: Candidate) -> tuple[float, float]:
+        """(latency, BOPs) of the unit's ops at ``cand``, inputs read at ``cand`` too."""
+        lat = bops = 0.0
+        for name in unit.ops:
+            op = self._at(self.base.ops[name], cand, cand.activation)
+            c = op_cost(op, self.stats.get(name, OpStats()), self.profile.cost)
+            lat, bops = lat + c["latency"], bops + c["bops"]
+        return (lat + bops * 1e-12, bops)
+
+    def _base_choice(self, unit: Unit) -> Candidate:
+        if unit.input is not None:
+            p = self.base.inputs[unit.input]
+            return Candidate(p, p)
+        last = self.base.ops[unit.ops[-1]]
+        weights = [w for n in unit.ops for w in self.base.ops[n].weight.values()]
+        act = last.output[0] if last.output else (last.input[0] if last.input else "fp32")
+        return Candidate(act, weights[0] if weights else act)
+
+    @property
+    def free(self) -> list[Unit]:
+        """The units the search decides (not fixed)."""
+        return [u for u in self.units.values() if not u.fixed]
+
+    # -- assignments -> plans ----------------------------------------------------------------
+    def uniform(
+        self, index: int | None = None, cand: Candidate | None = None
+    ) -> dict[str, Candidate]:
+        """Every free unit at its ``index``-th option (0: cheapest, -1: dearest), or at
+        ``cand`` where it allows it (else its nearest option by cost order)."""
+        out = {}
+        for u in self.units.values():
+            if cand is not None:
+                out[u.name] = cand if cand in u.options else _nearest(u, cand)
+            else:
+                out[u.name] = u.options[index if index is not None else 0]
+        return out
+
+    def key(self, assignment: dict[str, Candidate]) -> str:
+        """A stable short id of an assignment (what the history is keyed on)."""
+        text = json.dumps([str(assignment[u]) for u in sorted(self.units)])
+        return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+    def plan(self, assignment: dict[str, Candidate], label: str = "search") -> Plan:
+        """The Plan for ``assignment`` (unit name -> Candidate); missing units keep their base."""
+        ops = dict(self.base.ops)
+        act = {u.name: assignment.get(u.name, u.base).activation for u in self.units.values()}
+        for u in self.units.values():
+            cand = assignment.get(u.name, u.base)
+            if u.fixed:
+                continue
+            for name in u.ops:
+                rule = f"{label} {cand}"
+                ops[name] = replace(self._at(self.base.ops[name], cand, None), rule=rule)
+        for u in self.units.values():
+            for name, i in u.reads:
+                op = ops[name]
+                ins = list(op.input)
+                ins[i] = act[u.name]
+                ops[name] = replace(op, input=tuple(ins))
+        inputs = {u.input: act[u.name] for u in self.units.values() if u.input is not None}
+        ops = self._data_movement(ops, {**self.base.inputs, **inputs})
+        notes: list[str] = []
+        for name, op in ops.items():
+            if not (is_data_movement(op.kind) and op.rule.startswith("inherits")):
+                ops[name], changed = self.profile.repair(op)
+                notes += changed
+        return replace(self.base, ops=ops, inputs={**self.base.inputs, **inputs})
+
+    def op_at(self, name: str, choice: dict[str, Candidate]) -> OpPlan:
+        """Op ``name`` as `plan` would make it under ``choice`` (unit -> option): its own
+        unit's option, and each input at the option of the unit producing it."""
+        owner = self.units[self.unit_of[name]]
+        op = self.base.ops[name]
+        if not owner.fixed:
+            op = self._at(op, choice[owner.name], None)
+        ins = list(op.input)
+        for i, t in enumerate(self.graph.float_inputs(self.graph.ops[name])):
+            src = self.source(t)
+            if src is not None and src != owner.name:
+                ins[i] = choice[src].activation
+        return replace(op, input=tuple(ins))
+
+    def move_cost(
+        self, assignment: dict[str, Candidate], unit: str, cand: Candidate, key: str
+    ) -> float:
+        """How much ``key`` (``bops`` or ``latency``; ``weight_bytes`` counts as BOPs) grows
+        when ``unit`` moves to ``cand``: its own ops and every op reading its output."""
+        if unit not in self._touching:
+            ops = [*self.units[unit].ops, *(op for op, _ in self.units[unit].reads)]
+            self._touching[unit] = [n for n in dict.fromkeys(ops) if n in self.unit_of]
+        moved = {**assignment, unit: cand}
+        field_ = "latency" if key == "latency" else "bops"
+        delta = 0.0
+        for name in self._touching[unit]:
+            stats = self.stats.get(name, OpStats())
+            after = op_cost(self.op_at(name, moved), stats, self.profile.cost)[field_]
+            delta += after - op_cost(self.op_at(name, assignment), stats, self.profile.cost)[field_]
+        return delta
+
+    def _at(self, op: OpPlan, cand: Candidate, inputs: str | None) -> OpPlan:
+        """``op`` computing at ``cand``; its inputs at ``inputs`` (None: as they are, except
+        those read inside its own group, which follow ``cand``)."""
+        group = self._groups[op.name].ops
+        own = [
+            self.graph.tensors[self._root[t]].producer in group
+            for t in self.graph.float_inputs(self.graph.ops[op.name])
+        ]
+        ins = tuple(
+            inputs or (cand.activation if inside else p)
+            for p, inside in zip(op.input, own, strict=True)
+        )
+        return replace(
+            op,
+            input=ins,
+            output=(cand.activation,) * len(op.output),
+            weight={r: cand.weight for r in op.weight},
+        )
+
+    def _data_movement(self, ops: dict[str, OpPlan], inputs: dict[str, str]) -> dict[str, OpPlan]:
+        produced = tensor_precisions(self.graph, ops, inputs)
+        for name, op in ops.items():
+            graph_op = self.graph.ops[name]
+            ins = self.graph.float_inputs(graph_op)
+            if is_data_movement(op.kind) and ins:
+                read = tuple(produced.get(self._root[t], "fp32") for t in ins)
+                ops[name] = replace(op, input=read, output=(read[0],) * len(op.output))
+        return ops
+
+
+def _rank(c: Candidate) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    return (qtype(c.activation).rank(), qtype(c.weight).rank())
+
+
+def _nearest(unit: Unit, cand: Candidate) -> Candidate:
+    """The option closest to ``cand`` in rank (activation first, then weight)."""
+
+    def distance(c: Candidate) -> tuple[int, int]:
+        ra, rw = qtype(c.activation).rank(), qtype(c.weight).rank()
+        ta, tw = qtype(cand.activation).rank(), qtype(cand.weight).rank()
+        return (abs(ra[0] - ta[0]) + (ra[1] != ta[1]), abs(rw[0] - tw[0]) + (rw[1] != tw[1]))
+
+    return min(unit.options, key=distance)

@@ -1,0 +1,161 @@
+"""Transforms in the quantization flow: which ones a call asks for, and running them.
+
+`mixq.quantize(model, x, cfg, transforms=[...], calib=batches)` runs them in two stages:
+
+1. ``float`` transforms (``smooth``, ``equalize``) on a private copy of the float model,
+   before the Sim is built, in the order given; the model is captured once and the
+   transformed parameters are loaded into the captured module;
+2. ``weights`` transforms (``adaround``, ``bias_correct``) on the built Sim's weights, in the
+   order given (they need the weight quantizers' grids, not activation ranges, so they run
+   before `Sim.calibrate`).
+
+Statistics come from ``calib`` (an iterable of batches), else from the example inputs.
+The records land in ``sim.transform_records`` and the resolution report; the resolved
+options land in ``sim.plan.transforms``, so a saved plan re-applies them on reload.
+
+Example:
+    >>> import torch, mixq
+    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    >>> x = torch.randn(32, 8)
+    >>> result = apply_transforms(model, x, ["equalize"])
+    >>> result.records[0].name, bool(torch.allclose(result.model(x), model(x), atol=1e-5))
+    ('equalize', True)
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mixq.config import Config
+from mixq.errors import CalibrationError, ConfigError
+from mixq.graph.ir import Graph
+from mixq.graph.resolve import Resolution
+from mixq.plan import Plan
+from mixq.torch.capture import Captured, capture
+from mixq.transforms.base import Transform, TransformContext, TransformRecord, parse_specs
+from mixq.transforms.pairs import max_relative_error
+from mixq.transforms.stats import run_batches
+
+__all__ = [
+    "TransformResult",
+    "apply_transforms",
+    "quantize_with_transforms",
+    "requested_transforms",
+]
+
+Spec = str | dict[str, Any]
+
+
+@dataclass
+class TransformResult:
+    """A transformed copy of the float model and what each transform changed."""
+
+    model: nn.Module
+    records: list[TransformRecord]
+
+
+def requested_transforms(config: Any, transforms: Iterable[Spec] | None) -> list[Spec]:
+    """The transforms a call asks for: the argument, else the config's or the plan's."""
+    if transforms is not None:
+        return list(transforms)
+    source = config
+    if isinstance(config, (str, Path)) and str(config).endswith((".yaml", ".yml")):
+        source = Plan.load(config) if Plan.is_plan_file(config) else Config.load(config)
+    if isinstance(source, dict):
+        return list(source.get("transforms") or [])
+    return list(getattr(source, "transforms", None) or [])
+
+
+def _batches(calib: Iterable[Any] | None, example_inputs: Any) -> list[Any]:
+    batches = [example_inputs] if calib is None else list(calib)
+    if not batches:
+        raise CalibrationError("calib is empty: pass at least one batch of model inputs")
+    return batches
+
+
+def _run(ctx: TransformContext, transform: Transform, options: dict[str, Any]) -> TransformRecord:
+    before = run_batches(ctx.model, ctx.batches[:1]) if transform.stage == "float" else None
+    record = transform.fn(ctx, **options)
+    if before is not None:
+        change = max_relative_error(before, run_batches(ctx.model, ctx.batches[:1]))
+        record.notes.append(f"float outputs moved by {change:.2g} at most (relative to max |y|)")
+    return record
+
+
+def _float_stage(
+    model: nn.Module, graph: Graph, batches: list[Any], parsed: list[tuple[Transform, Any]]
+) -> tuple[TransformContext, list[TransformRecord]]:
+    ctx = TransformContext(model, graph, batches)
+    return ctx, [_run(ctx, t, o) for t, o in parsed if t.stage == "float"]
+
+
+def apply_transforms(
+    model: nn.Module, example_inputs: Any, transforms: Iterable[Spec], calib: Any = None
+) -> TransformResult:
+    """Apply float transforms to a copy of ``model`` (the model itself is not touched).
+
+    Args:
+        model: the float model.
+        example_inputs: inputs to capture it with (and the data when ``calib`` is None).
+        transforms: names or ``{"name": ..., **options}`` dicts of float transforms.
+        calib: calibration batches for the statistics.
+
+    Raises:
+        ConfigError: an unknown transform, or a weights transform (it needs a Sim: use
+            ``mixq.quantize(..., transforms=[...])``).
+    """
+    parsed = parse_specs(transforms)
+    weights = [t.name for t, _ in parsed if t.stage != "float"]
+    if weights:
+        raise ConfigError(
+            f"{weights} change quantized weights and need a Sim: pass them to "
+            "mixq.quantize(model, inputs, config, transforms=[...])"
+        )
+    copied = copy.deepcopy(model).eval()
+    graph = capture(copied, example_inputs).graph
+    _, records = _float_stage(copied, graph, _batches(calib, example_inputs), parsed)
+    return TransformResult(copied, records)
+
+
+def _load_parameters(captured: Captured, model: nn.Module) -> bool:
+    """Copy the model's parameters and buffers into the captured module, by name."""
+    target = captured.module.state_dict(keep_vars=True)
+    source = model.state_dict()
+    if not set(source) <= set(target):
+        return False
+    with torch.no_grad():
+        for name, value in source.items():
+            target[name].copy_(value)
+    return True
+
+
+def quantize_with_transforms(
+    model: nn.Module,
+    example_inputs: Any,
+    transforms: Iterable[Spec],
+    resolve: Callable[[Graph], Resolution],
+    calib: Any = None,
+) -> Any:
+    """What `mixq.quantize` runs when transforms are asked for; returns the Sim."""
+    from mixq.torch.sim import Sim
+
+    parsed = parse_specs(transforms)
+    batches = _batches(calib, example_inputs)
+    copied = copy.deepcopy(model).eval()
+    captured = capture(copied, example_inputs)
+    ctx, records = _float_stage(copied, captured.graph, batches, parsed)
+    if records and not _load_parameters(captured, copied):
+        captured = capture(copied, example_inputs)
+    sim: Any = Sim(captured, resolve(captured.graph))
+    ctx.sim = sim
+    records += [_run(ctx, t, o) for t, o in parsed if t.stage == "weights"]
+    sim.plan.transforms = [r.spec() for r in records]
+    sim.transform_records = records
+    return sim

@@ -1,0 +1,165 @@
+"""Activation smoothing (SmoothQuant): move activation outliers into the following weights.
+
+For each `ScalePair` whose consumers are linear layers, the input channels ``j`` of the
+consumers get ``s_j = max|x_j|^alpha / max|w_j|^(1 - alpha)``: the activation becomes
+``x / s`` (folded into the producer: a linear's rows and bias, a conv's batch-norm, a
+LayerNorm's weight and bias) and the consumers' columns ``w * s``. No op is added, so the
+exported model has the same ops as the unsmoothed one.
+
+``alpha`` is searched per pair on the calibration data: the candidate (or no smoothing at
+all) with the lowest output error of the consumers, with activations fake-quantized per
+tensor and weights per channel, wins. A pair whose float outputs move by more than
+``tolerance`` is undone (see `mixq.transforms.pairs.verify_exact`).
+
+Example:
+    >>> import torch, mixq
+    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    >>> with torch.no_grad():
+    ...     model[0].weight[:2] *= 50  # two outlier channels
+    >>> x = torch.randn(32, 8)
+    >>> result = mixq.transforms.apply_transforms(model, x, ["smooth"])
+    >>> bool(torch.allclose(result.model(x), model(x), rtol=1e-4, atol=1e-4))
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from mixq import primitives as P
+from mixq.transforms.base import TransformContext, TransformRecord, register_transform
+from mixq.transforms.pairs import ScalePair, find_pairs, module_weight, verify_exact
+from mixq.transforms.stats import record_inputs, run_batches
+
+__all__ = ["DEFAULT_ALPHAS", "smooth", "smoothing_scale"]
+
+DEFAULT_ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def smoothing_scale(absmax: torch.Tensor, wmax: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``max|x|^alpha / max|w|^(1 - alpha)`` per channel; 1 where either is zero."""
+    s = absmax.clamp(min=1e-8).pow(alpha) / wmax.clamp(min=1e-8).pow(1 - alpha)
+    keep = (absmax <= 0) | (wmax <= 0)
+    return torch.where(keep, torch.ones_like(s), s).clamp(1e-5, 1e5)
+
+
+def _fake_quant(x: torch.Tensor, precision: str, axis: int | None) -> torch.Tensor:
+    if axis is None:
+        scale, zero_point = P.choose_qparams(x.min(), x.max(), precision)
+    else:
+        amax = x.abs().amax(dim=1)
+        scale, zero_point = P.choose_qparams(-amax, amax, precision, symmetric=True)
+    return P.fake_quantize(x, scale, zero_point, precision, axis)
+
+
+def _error(x: torch.Tensor, weights: list[torch.Tensor], s: torch.Tensor, precision: str) -> float:
+    """Relative output error of the consumers with smoothed, fake-quantized x and w."""
+    xq = _fake_quant(x / s, precision, None)
+    noise = signal = 0.0
+    for w in weights:
+        ref = x @ w.T
+        out = xq @ _fake_quant(w * s, precision, 0).T
+        noise += float((out - ref).pow(2).sum())
+        signal += float(ref.pow(2).sum())
+    return noise / max(signal, 1e-30)
+
+
+def _candidates(pair: ScalePair, alpha: float | dict[str, Any] | None) -> list[float | None]:
+    if alpha is None:
+        return [None, *DEFAULT_ALPHAS]
+    if isinstance(alpha, dict):
+        return [alpha.get(pair.producer)]
+    return [float(alpha)]
+
+
+def _choose(
+    x: torch.Tensor,
+    absmax: torch.Tensor,
+    weights: list[torch.Tensor],
+    options: list[Any],
+    dtype: str,
+) -> tuple[float | None, torch.Tensor, float, float]:
+    """(alpha, scale, error without smoothing, error with it); alpha None: leave it."""
+    wmax = torch.stack([w.abs().amax(dim=0) for w in weights]).amax(dim=0)
+    ones = torch.ones_like(absmax)
+    base = _error(x, weights, ones, dtype)
+    best: tuple[float | None, torch.Tensor, float] = (None, ones, base)
+    for a in options:
+        if a is None:
+            continue
+        s = smoothing_scale(absmax, wmax, a)
+        err = _error(x, weights, s, dtype)
+        if err < best[2] or options == [a]:
+            best = (a, s, err)
+    return best[0], best[1], base, best[2]
+
+
+@register_transform("smooth")
+def smooth(
+    ctx: TransformContext,
+    alpha: float | dict[str, float] | None = None,
+    precision: str = "int8",
+    tolerance: float = 1e-4,
+    rows: int = 2048,
+) -> TransformRecord:
+    """Smooth the inputs of every linear layer whose producer can take the scale exactly.
+
+    Args:
+        ctx: the float model, its graph and calibration batches.
+        alpha: migration strength; None searches 0.3 ... 0.9 (and no smoothing) per pair, a
+            float applies it everywhere, a dict producer op -> alpha applies those only.
+        precision: the integer precision the search quantizes activations and weights to.
+        tolerance: largest relative change of the float outputs a pair may cause.
+        rows: calibration rows kept per layer for the search.
+
+    Returns:
+        The record: per pair the alpha, the scale range, max |x| before / after and the
+        consumers' quantized output error before / after; ``options["alpha"]`` holds the
+        alphas chosen (a reload applies them without searching).
+    """
+    pairs = [
+        p
+        for p in find_pairs(ctx.graph, ctx.model)
+        if all(isinstance(ctx.model.get_submodule(c), nn.Linear) for c in p.consumers)
+    ]
+    with record_inputs(ctx.model, [p.consumers[0] for p in pairs], keep=rows) as stats:
+        reference = run_batches(ctx.model, ctx.batches[:1])
+        run_batches(ctx.model, ctx.batches[1:])
+    record = TransformRecord("smooth", {"alpha": {}})
+    for pair in pairs:
+        stat = stats[pair.consumers[0]]
+        if stat.absmax is None:
+            continue
+        weights = [module_weight(ctx.model, c).detach() for c in pair.consumers]
+        x = stat.samples()
+        a, s, before, after = _choose(x, stat.absmax, weights, _candidates(pair, alpha), precision)
+        if a is None:
+            continue
+        change = verify_exact(
+            ctx.model,
+            pair,
+            s,
+            lambda: run_batches(ctx.model, ctx.batches[:1]),
+            reference,
+            tolerance,
+        )
+        if change is None:
+            record.notes.append(f"{pair.producer}: not exact in float, left unsmoothed")
+            continue
+        record.options["alpha"][pair.producer] = a
+        record.layers.append(
+            {
+                "layer": f"{pair.producer} -> {', '.join(pair.consumers)}",
+                "alpha": a,
+                "scale": [float(s.min()), float(s.max())],
+                "max_abs_x": [float(stat.absmax.max()), float((stat.absmax / s).max())],
+                "quant_error": [before, after],
+                "float_change": change,
+            }
+        )
+    if not pairs:
+        record.notes.append("no producer -> linear pair where a scale folds exactly")
+    return record
