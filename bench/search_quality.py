@@ -176,7 +176,12 @@ def run_baselines(task: Task) -> None:
 
 
 def run_strategies(task: Task) -> None:
-    for strategy in ("ratio", "fallback", "pareto", "budget"):
+    runs: list[tuple[str, list[str] | None]] = [
+        (s, None) for s in ("ratio", "fallback", "pareto", "budget")
+    ]
+    if task.name.startswith("BERT"):
+        runs.append(("fallback", ["smooth"]))  # int8 + smoothing as the cheap candidate
+    for strategy, transforms in runs:
         budget = task.budget if strategy == "budget" else None
         start = time.perf_counter()
         result = mixq.search(
@@ -191,10 +196,12 @@ def run_strategies(task: Task) -> None:
             labels=task.labels,
             budget=budget,
             time_budget_s=600,
+            transforms=transforms,
         )
         seconds = time.perf_counter() - start
         limit = ", ".join(f"{k} <= {v:g}" for k, v in (budget or {}).items())
         label = f"search: {strategy}" + (f" ({limit})" if limit else "")
+        label += f" + {', '.join(transforms)}" if transforms else ""
         relative = result.relative(result.best)
         task.rows.append(
             _row(label, result.best.score, result.met_target, relative, result.evaluations, seconds)

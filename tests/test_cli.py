@@ -256,3 +256,14 @@ def test_search_command_explains_bad_options(option, value, message):
     result = runner.invoke(app, ["search", "mixq.zoo:mlp", "--budget", "bops=2", option, value])
     text = " ".join(result.output.replace("│", " ").split())  # rich wraps the message in a box
     assert result.exit_code == 2 and message in text, result.output
+
+
+def test_search_command_applies_transforms_and_records_them(tmp_path):
+    import mixq
+
+    out = tmp_path / "out"
+    args = ["search", "mixq.zoo:mlp", "--metric", "sqnr", "--target", "20"]
+    args += ["--candidates", "int8,int16", "--transform", "equalize", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert [t["name"] for t in mixq.Plan.load(out / "plan.yaml").transforms] == ["equalize"]

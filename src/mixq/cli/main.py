@@ -224,6 +224,9 @@ def search(
     cost: Annotated[str, typer.Option(help="what cheapest means: bops, latency, weight_bytes")] = (
         "bops"
     ),
+    transform: Annotated[
+        list[str], typer.Option(help="float transform applied first: smooth, equalize (repeatable)")
+    ] = [],  # noqa: B006
     ratio: Annotated[float | None, typer.Option(help="ratio strategy: fraction raised")] = None,
     points: Annotated[int, typer.Option(help="pareto strategy: plans along the curve")] = 10,
     batch_size: Annotated[int, typer.Option(help="batch size for the .npz files")] = 32,
@@ -267,6 +270,7 @@ def search(
         ratio=ratio,
         points=points,
         cost=cost,
+        transforms=transform or None,
         time_budget_s=time_budget,
         max_trials=max_trials,
         history=history,

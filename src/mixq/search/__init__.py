@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,7 @@ def search(
     history: str | Path | None = None,
     resume: bool = False,
     hard_samples: int = 32,
+    transforms: list[Any] | None = None,
     progress: bool = True,
 ) -> SearchResult:
     """Search per-unit precisions for the cheapest plan that meets ``target``.
@@ -105,6 +107,10 @@ def search(
             first and evaluates none of its plans again.
         hard_samples: rows of the first evaluation batch used to rank units (the ones the
             cheapest plan gets most wrong).
+        transforms: float transforms (``"smooth"``, ``"equalize"``; see `mixq.transforms`)
+            applied before the search: every candidate then means "that precision on the
+            transformed model", so int8 + smoothing competes with int16 on cost. The plan
+            records them; ``mixq.quantize(model, x, result.plan)`` applies them again.
 
     Returns:
         A `SearchResult` (``.plan``, ``.points``, ``.met_target``, ``.miss``,
@@ -118,9 +124,11 @@ def search(
     data = list(data) if data is not None else calib
     if not calib or not data:
         raise ConfigError("search needs calibration data: at least one batch of model inputs")
-    factory = SimFactory(model, example_inputs, calib)
     cfg = Config.coerce(config).bind(model) if not isinstance(config, Plan) else config
+    model, specs = _transformed(model, example_inputs, calib, transforms)
+    factory = SimFactory(model, example_inputs, calib)
     base = cfg if isinstance(cfg, Plan) else resolve_with_report(factory.graph, cfg, False).plan
+    base = replace(base, transforms=specs)
     base_sim = factory.build(base)
     space = SearchSpace(
         factory.graph, base, parse_candidates(candidates), base_sim.op_stats(), keep
@@ -135,6 +143,20 @@ def search(
     trials.limits = _limits(budget, trials.reference)
     anchors, note = _run(trials, strategy, data[0], hard_samples, budget, tie, ratio, points)
     return SearchResult.build(trials, strategy, baseline, anchors, note)
+
+
+def _transformed(
+    model: Any, example_inputs: Any, calib: list[Any], transforms: list[Any] | None
+) -> tuple[Any, list[dict[str, Any]]]:
+    """The model the search runs on, and the transforms' resolved specs for the plan."""
+    if not transforms:
+        return model, []
+    if isinstance(model, (str, Path)) or type(model).__name__ == "ModelProto":
+        raise ConfigError("transforms rewrite PyTorch models; search the nn.Module instead")
+    from mixq.transforms import apply_transforms
+
+    done = apply_transforms(model, example_inputs, transforms, calib=calib)
+    return done.model, [r.spec() for r in done.records]
 
 
 def _limits(budget: dict[str, float] | None, reference: dict[str, float]) -> dict[str, float]:
