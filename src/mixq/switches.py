@@ -7,6 +7,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -96,7 +97,7 @@ class QuantizerSwitches:
     def resolution_report(self, path: str | Path | None = None) -> str:
         """How each op's precision was decided: requests as given, expanded to ops, final
         plan, conversions, adjustments. Written to ``path`` too (``.json`` gives JSON)."""
-        from mixq.graph.report import report_json, report_text
+        from mixq.graph.report import report_dict, report_text
 
         sim: Any = self
         text = report_text(sim.graph, sim.resolution, sim.points)
@@ -108,8 +109,15 @@ class QuantizerSwitches:
             text += "\nTransforms:\n" + "\n".join(lines)
         if path is not None:
             path = Path(path)
-            json_ = path.suffix == ".json"
-            path.write_text(report_json(sim.graph, sim.resolution, sim.points) if json_ else text)
+            if path.suffix == ".json":
+                data = report_dict(sim.graph, sim.resolution, sim.points)
+                data["calibration"] = list(sim.calibration_notes)
+                data["transforms"] = [
+                    {**r.spec(), "layers": r.layers, "notes": r.notes} for r in records
+                ]
+                path.write_text(json.dumps(data, indent=2, default=str))
+            else:
+                path.write_text(text)
         return text
 
     def export(self, path: str | Path, format: str) -> Path:

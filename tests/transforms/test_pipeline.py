@@ -53,6 +53,15 @@ def test_resolution_report_lists_what_each_transform_changed(all_sim):
     assert "mse_nearest" in section and "shift_norm" in section
 
 
+def test_json_resolution_report_carries_the_transforms(all_sim, tmp_path):
+    import json
+
+    all_sim.resolution_report(tmp_path / "report.json")
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert [t["name"] for t in data["transforms"]] == list(ALL)
+    assert all(t["layers"] for t in data["transforms"])
+
+
 def test_transforms_from_the_yaml_config(mlp_model, tmp_path):
     model, inputs, _ = mlp_model
     cfg = mixq.Config.from_dict({"default": "int8", "transforms": ["equalize"]})
