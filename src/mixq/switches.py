@@ -94,6 +94,42 @@ class QuantizerSwitches:
         self._op_stats = op_stats(sim.graph, shapes, sim.weight_shapes())
         return self._op_stats
 
+    def dump_profile(self, path: str | Path) -> Path:
+        """Write the qaic / Glow profile (min, max, histogram per activation tensor);
+        calibrate with ``histogram_bins`` (e.g. 512) to fill the histograms."""
+        from mixq.export.formats.qaic import write_profile
+
+        sim: Any = self
+        histograms = {
+            n: q.histogram
+            for n, q in self._quantizers.items()
+            if q.point.kind == "activation" and q.histogram is not None
+        }
+        return write_profile(path, sim.encodings(), histograms, sim.graph)
+
+    def load_profile(self, path: str | Path) -> Any:
+        """Set activation ranges from a profile instead of calibrating again."""
+        from mixq.errors import CalibrationError
+        from mixq.export.formats.qaic import read_profile
+
+        sim: Any = self
+        profile = read_profile(path, sim.graph)
+        needed = [
+            q
+            for q in self._quantizers.values()
+            if q.point.kind == "activation" and not q.qtype.is_floating_point
+        ]
+        missing = [q.name for q in needed if q.name not in profile]
+        if missing:
+            raise CalibrationError(
+                f"profile {path} has no entry for {missing[:5]} "
+                f"({len(missing)} in all): was it made for this plan?"
+            )
+        for q in needed:
+            lo, hi, _ = profile[q.name]
+            q.load_range(lo, hi)
+        return self
+
     def resolution_report(self, path: str | Path | None = None) -> str:
         """How each op's precision was decided: requests as given, expanded to ops, final
         plan, conversions, adjustments. Written to ``path`` too (``.json`` gives JSON)."""

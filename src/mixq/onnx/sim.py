@@ -271,39 +271,6 @@ class OnnxSim(QuantizerSwitches):
 
         return export_onnx(self, path, check, u8_weights, float_islands, keep_io_types)
 
-    def dump_profile(self, path: str | Path) -> Path:
-        """Write the qaic / Glow profile (min, max, histogram per activation tensor);
-        calibrate with ``histogram_bins`` (e.g. 512) to fill the histograms."""
-        from mixq.export.formats.qaic import write_profile
-
-        histograms = {
-            n: q.histogram
-            for n, q in self._quantizers.items()
-            if isinstance(q, OnnxActivationQuantizer) and q.histogram is not None
-        }
-        return write_profile(path, self.encodings(), histograms, self.graph)
-
-    def load_profile(self, path: str | Path) -> OnnxSim:
-        """Set activation ranges from a profile instead of calibrating again."""
-        from mixq.export.formats.qaic import read_profile
-
-        profile = read_profile(path, self.graph)
-        needed = [
-            q
-            for q in self._quantizers.values()
-            if isinstance(q, OnnxActivationQuantizer) and not q.qtype.is_floating_point
-        ]
-        missing = [q.name for q in needed if q.name not in profile]
-        if missing:
-            raise CalibrationError(
-                f"profile {path} has no entry for {missing[:5]} "
-                f"({len(missing)} in all): was it made for this plan?"
-            )
-        for q in needed:
-            lo, hi, _ = profile[q.name]
-            q.load_range(lo, hi)
-        return self
-
     def encodings(self) -> Encodings:
         """Scale / zero point (or float type) per quantization point."""
         return Encodings({n: q.encoding() for n, q in self._quantizers.items()})
