@@ -569,3 +569,27 @@ def test_unknown_dtype(fn):
     args = () if fn is P.cast else (1.0, None)
     with pytest.raises(ValueError, match=r"unknown precision 'int3'.*int4, uint4, int8"):
         fn(torch.zeros(3), *args, "int3")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(2.0**-20, 4.0, width=32))
+def test_reciprocal_scale_is_one_over_what_float32_floors_its_inverse_to(scale):
+    """ONNX Runtime's QLinearSoftmax multiplies by floor(1.0f / scale) in float32."""
+    s = np.float32(scale)
+    out = P.reciprocal_scale(torch.tensor(s)).numpy()
+    k = np.floor(np.float32(1) / s)
+    if k < 1:
+        assert out == s
+        return
+    assert np.floor(np.float32(1) / out) == k
+    assert abs(float(out) * float(k) - 1) < 2**-21  # 1 / k to float32 rounding
+    assert out >= s * (1 - 2**-21)  # never finer than asked (the range stays covered)
+
+
+def test_choose_qparams_reciprocal_keeps_zero_exact_and_covers_the_range():
+    scale, zp = P.choose_qparams(0.0, 0.4327, "int8", reciprocal=True)
+    assert np.floor(np.float32(1) / scale.numpy()) == math.floor(255 / 0.4327)
+    assert zp.item() == -128
+    assert P.fake_quantize(torch.tensor([0.4327]), scale, zp, "int8").item() == pytest.approx(
+        0.4327, abs=scale.item() / 2
+    )

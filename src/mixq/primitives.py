@@ -26,6 +26,7 @@ __all__ = [
     "dequantize",
     "fake_quantize",
     "quantize",
+    "reciprocal_scale",
 ]
 
 Scalar = float | int | torch.Tensor
@@ -200,13 +201,15 @@ def choose_qparams(
     dtype: str | QType,
     symmetric: bool = False,
     eps: float = 1e-12,
+    reciprocal: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point that cover ``[min_val, max_val]`` (element-wise for per-channel).
 
     The range is first widened to include 0 so that zero is exactly representable.
     Symmetric: ``scale = max|x| / ((qmax - qmin) // 2)`` (127 for 8 bits, so +-max|x| are
     both on the grid) and the zero point is the middle of the grid (0 for signed types, 128
-    for uint8). Asymmetric: the grid spans the range.
+    for uint8). Asymmetric: the grid spans the range. ``reciprocal``: the scale is then
+    widened to ``1 / k`` for an integer ``k`` (see `reciprocal_scale`).
 
     Returns:
         ``(scale, zero_point)`` as float32 tensors; the zero point holds integers.
@@ -219,8 +222,32 @@ def choose_qparams(
     if symmetric:
         amax = torch.maximum(-lo, hi)
         scale = torch.clamp(amax / ((t.qmax - t.qmin) // 2), min=eps)
+        scale = reciprocal_scale(scale) if reciprocal else scale
         zero_point = torch.full_like(scale, float((t.qmin + t.qmax + 1) // 2))
         return scale, zero_point
     scale = torch.clamp((hi - lo) / (t.qmax - t.qmin), min=eps)
+    scale = reciprocal_scale(scale) if reciprocal else scale
     zero_point = torch.clamp(torch.round(t.qmin - lo / scale), t.qmin, t.qmax)
     return scale, zero_point
+
+
+def reciprocal_scale(scale: torch.Tensor) -> torch.Tensor:
+    """The scale ``1 / k`` with ``k = floor(1 / scale)`` (so at least ``scale``), as float32
+    whose float32 reciprocal floors to ``k`` again; scales above 1 are kept.
+
+    ONNX Runtime's QLinearSoftmax (what its CPU provider fuses DQ -> Softmax -> Q into)
+    multiplies by ``floor(1 / scale)`` instead of dividing by the scale, so only such
+    scales give it the grid the Q/DQ pair describes.
+
+    Example:
+        >>> s = reciprocal_scale(torch.tensor(1 / 593.9))
+        >>> int(torch.floor(1 / s)), bool(s >= 1 / 593.9)
+        (593, True)
+    """
+    scale = torch.as_tensor(scale, dtype=torch.float32)
+    k = torch.floor(1 / scale)
+    out = torch.where(k >= 1, 1 / k.clamp(min=1), scale)
+    for _ in range(4):  # 1 / fl(1 / k) can round to just below k: step the scale down an ulp
+        short = (k >= 1) & (torch.floor(1 / out) < k)
+        out = torch.where(short, torch.nextafter(out, torch.zeros_like(out)), out)
+    return out

@@ -271,6 +271,25 @@ def _check(path: Path, sim: Any, batch: Any) -> list[float]:
     return [sqnr(w, o) for w, o in zip(want, ort_float, strict=False)]
 
 
+def _softmax_notes(sim: Any) -> list[str]:
+    """8-bit softmax outputs whose scale is not 1 / k (a learned scale, say): ONNX Runtime's
+    QLinearSoftmax multiplies by floor(1 / scale), so its outputs come out smaller."""
+    notes = []
+    for name, q in sim._quantizers.items():
+        if not (q.enabled and q.point.reciprocal_scale and q.scale is not None):
+            continue
+        inverse = 1 / q.scale.detach().float().reshape(())
+        k = torch.floor(inverse)
+        if k >= 1 and inverse - k > 1e-5 * k:
+            shrink = float(1 - k / inverse) * 100
+            notes.append(
+                f"{name}: scale {float(q.scale):.6g} is not 1 / k; ONNX Runtime's fused "
+                f"QLinearSoftmax multiplies by floor(1 / scale) = {int(k)}, so its outputs "
+                f"are {shrink:.2f}% smaller than the Sim's (recalibrate to fix)"
+            )
+    return notes
+
+
 def _has_vnni() -> bool:
     """Whether this x86 CPU has VNNI (then ORT's u8 x s8 kernels do not saturate)."""
     try:
@@ -326,6 +345,7 @@ def export_onnx(
         raise MixqError("torch.onnx.export returned nothing for the Sim")
     model = program.model_proto
     report = ExportReport(path, _name_nodes(model, gm.names), notes=islands)
+    report.notes += _softmax_notes(sim)
     if u8:
         report.notes.append(
             "int8 weights stored as uint8 (zero point + 128, same grid) for "

@@ -44,6 +44,9 @@ class QuantPoint:
         readers: for a conversion, the ops it feeds; empty means every reader.
         axis / block_size: weight granularity (None, None = per tensor).
         symmetric: whether the zero point is fixed at the middle of the grid.
+        reciprocal_scale: the scale is ``1 / k`` for an integer ``k`` (8-bit softmax
+            outputs: integer softmax kernels such as ONNX Runtime's QLinearSoftmax
+            multiply by ``floor(1 / scale)``); see `mixq.primitives.reciprocal_scale`.
     """
 
     name: str
@@ -55,10 +58,16 @@ class QuantPoint:
     axis: int | None = None
     block_size: int | None = None
     symmetric: bool = False
+    reciprocal_scale: bool = False
 
     @property
     def is_float(self) -> bool:
         return qtype(self.precision).is_floating_point
+
+
+def _is_int8(precision: str) -> bool:
+    t = qtype(precision)
+    return t.bits == 8 and not t.is_floating_point
 
 
 def _lower(a: str, b: str) -> bool:
@@ -80,7 +89,15 @@ def _activation_points(
         if groups[op.name].ops[-1] != op.name:
             continue
         points += [
-            QuantPoint(t, "activation", t, produced[t], op.name, symmetric=sym)
+            QuantPoint(
+                t,
+                "activation",
+                t,
+                produced[t],
+                op.name,
+                symmetric=sym,
+                reciprocal_scale=op.kind == "softmax" and _is_int8(produced[t]),
+            )
             for t in graph.float_outputs(op)
         ]
     return points

@@ -174,7 +174,9 @@ class OnnxActivationQuantizer(OnnxQuantizer):
 
     def _set_qparams(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
         self.range = (float(lo), float(hi))
-        self.scale, self.zero_point = P.choose_qparams(lo, hi, self.qtype, self.point.symmetric)
+        self.scale, self.zero_point = P.choose_qparams(
+            lo, hi, self.qtype, self.point.symmetric, reciprocal=self.point.reciprocal_scale
+        )
 
     def feeds(self) -> dict[str, np.ndarray]:
         """Scale and zero point as fed to the graph (placeholders before calibration)."""

@@ -177,7 +177,9 @@ class ActivationQuantizer(Quantizer):
 
     def _set_qparams(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
         self.range = (float(lo), float(hi))
-        scale, zero_point = P.choose_qparams(lo, hi, self.qtype, self.point.symmetric)
+        scale, zero_point = P.choose_qparams(
+            lo, hi, self.qtype, self.point.symmetric, reciprocal=self.point.reciprocal_scale
+        )
         if isinstance(self.scale, nn.Parameter):
             self.scale.data = scale.to(self.scale.device)
         else:
