@@ -204,3 +204,22 @@ def test_batch_norm_is_folded_into_the_weight_grid(cnn_model):
     expected = mixq.primitives.fake_quantize(w * fold, q.scale, q.zero_point, "int8", axis=0)
     torch.testing.assert_close(out * fold, expected, rtol=1e-6, atol=1e-6)
     assert q.scale.shape == (w.shape[0],)
+
+
+def test_inference_fast_path_equals_fake_quantize_and_sees_new_scales(bert_model):
+    from mixq import primitives as P
+
+    model, inputs, calib = bert_model
+    sim = mixq.quantize(model, inputs, "int8").calibrate(calib)
+    q = next(q for q in sim._quantizers.values() if q.point.kind == "activation")
+    x = torch.randn(4, 16, 64) * 3
+    with torch.no_grad():
+        fast = q(x)
+        assert torch.equal(fast, P.fake_quantize(x, q.scale, q.zero_point, q.qtype))
+        state = sim.state_dict()
+        state[f"module.{sim.quantizer_nodes[q.name]}.scale"] = q.scale * 2
+        before = q.scale
+        sim.load_state_dict(state)  # an in-place copy into the same buffer
+        assert q.scale is before
+        assert torch.equal(q(x), P.fake_quantize(x, q.scale, q.zero_point, q.qtype))
+        assert not torch.equal(q(x), fast)

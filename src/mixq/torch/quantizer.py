@@ -116,6 +116,8 @@ class ActivationQuantizer(Quantizer):
         self.range: tuple[float, float] | None = None  # what the scale was chosen from
         self.histogram: list[float] | None = None  # kept for profiles when asked
         self._histogram: HistogramObserver | None = None
+        self._fast_key: tuple[Any, ...] | None = None
+        self._fast_args: tuple[torch.Tensor, float, float] | None = None
 
     def start_observing(self, observer: str | None = None, histogram_bins: int = 0) -> None:
         self.observer_name = observer or self.observer_name
@@ -210,12 +212,42 @@ class ActivationQuantizer(Quantizer):
         if self._histogram is not None:
             self._histogram.update(x.detach())
 
+    def _inference_args(self, x: torch.Tensor) -> tuple[torch.Tensor, float, float] | None:
+        """(scale, lo, hi) for the no-grad per-tensor fast path, or None where it does not
+        apply. Cached against the buffers' identity and version, so an in-place update
+        (``load_state_dict``) or a new scale is seen; a learnable scale never takes it."""
+        scale, zp = self._buffers.get("scale"), self._buffers.get("zero_point")
+        if scale is None or zp is None or scale.numel() != 1 or zp.numel() != 1:
+            return None
+        if x.dtype != torch.float32 or (torch.is_grad_enabled() and x.requires_grad):
+            return None
+        old = self._fast_key  # holds the tensors themselves, so no id is reused under it
+        if (
+            old is None
+            or old[0] is not scale
+            or old[1] != scale._version
+            or old[2] is not zp
+            or old[3] != zp._version
+            or old[4] != x.device
+        ):
+            key = (scale, scale._version, zp, zp._version, x.device)
+            s = scale.detach().to(device=x.device, dtype=torch.float32).reshape(())
+            z = float(zp)
+            self._fast_args = (s, self.qtype.qmin - z, self.qtype.qmax - z)
+            self._fast_key = key
+        return self._fast_args
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return x
         if self.observing:
             self._observe(x)
             return x
+        fast = self._inference_args(x) if not self.qtype.is_floating_point else None
+        if fast is not None:
+            # exactly fake_quantize's no-grad per-tensor path, without its per-call set-up
+            s, lo, hi = fast
+            return torch.div(x, s).round_().clamp_(lo, hi).mul_(s)
         if self.qtype.is_floating_point:
             return P.cast(x, self.qtype).to(x.dtype)
         if self.scale is None or self.zero_point is None:
