@@ -34,6 +34,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/sim_overhead.py
+	MIXQ_PROGRESS=0 $(BIN)/python bench/sensitivity_speed.py
+	MIXQ_PROGRESS=0 $(BIN)/python bench/export_speed.py
+	MIXQ_PROGRESS=0 $(BIN)/python bench/transforms.py
 	MIXQ_PROGRESS=0 $(BIN)/python bench/search_quality.py
 
 clean:
