@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -158,3 +159,18 @@ def test_onnx_model_search(tmp_path):
     )  # fmt: skip
     assert result.met_target
     assert result.best.cost["bops"] < max(p.cost["bops"] for p in result.points)
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="rendering needs headless Chromium")
+def test_search_page_renders_both_plots_without_errors(digits, digits_target, tmp_path):
+    from tests.analysis.test_report import drawn_plots, render
+
+    model, example, calib, data, _ = digits
+    result = mixq.search(
+        model, example, calib=calib, data=data, evaluate="sqnr", target=digits_target,
+        candidates=CANDIDATES, strategy="pareto", progress=False,
+    )  # fmt: skip
+    dom, errors = render(result.report(tmp_path / "search.html"), tmp_path / "profile")
+    assert errors == []
+    assert drawn_plots(dom) == 2  # the cost / score plane and the per-op map
+    assert "Pareto front" in dom and "chosen" in dom

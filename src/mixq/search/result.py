@@ -218,8 +218,8 @@ _READ_FRONT = (
     "star is the chosen plan; diamonds are the uniform plans; the dashed line is the target."
 )
 _READ_MAP = (
-    "One bar per op of the chosen plan, coloured by the precision of its output; the hover "
-    "shows its weight precision and the rule that set it."
+    "One bar per op of the chosen plan, coloured by the precision of its output and weights "
+    "(data-movement ops carry what they read); the hover shows the rule that set it."
 )
 
 
@@ -266,7 +266,9 @@ def _map_figure(result: SearchResult) -> go.Figure:
     ops = [o for o in result.plan if o.output]
     by_precision: dict[str, list[Any]] = {}
     for o in ops:
-        by_precision.setdefault(o.output[0], []).append(o)
+        weights = sorted(set(o.weight.values()))
+        label = o.output[0] + (f" / {','.join(weights)} weights" if weights else "")
+        by_precision.setdefault(label, []).append(o)
     for precision, members in by_precision.items():
         fig.add_bar(
             x=[o.name for o in members],
@@ -279,6 +281,7 @@ def _map_figure(result: SearchResult) -> go.Figure:
         )
     fig.update_layout(
         barmode="stack",
+        showlegend=True,
         height=380,
         yaxis={"visible": False},
         xaxis={"categoryorder": "array", "categoryarray": [o.name for o in ops]},
