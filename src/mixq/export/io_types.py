@@ -25,6 +25,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from mixq.onnx.rewrite import fresh_name
+
 __all__ = ["IO_TYPES", "float_io", "io_precisions", "ort_session"]
 
 IO_TYPES = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
@@ -62,11 +64,7 @@ class _Retyper:
         self.types: dict[str, int] = {}
 
     def fresh(self, name: str) -> str:
-        out, n = name, 1
-        while out in self.used:
-            out, n = f"{name}_{n}", n + 1
-        self.used.add(out)
-        return out
+        return fresh_name(name, self.used)
 
     def rename_uses(self, old: str, new: str, skip: onnx.NodeProto | None = None) -> None:
         for node in self.g.node:

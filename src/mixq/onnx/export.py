@@ -44,7 +44,7 @@ from mixq.export.onnx_export import OPSET, ExportReport, _has_vnni
 from mixq.graph.kinds import is_data_movement
 from mixq.onnx.capture import elem_type
 from mixq.onnx.quantizer import OnnxActivationQuantizer, OnnxQuantizer, OnnxWeightQuantizer
-from mixq.onnx.rewrite import ONNX_TYPES, _toposort
+from mixq.onnx.rewrite import ONNX_TYPES, _toposort, fresh_name
 
 if TYPE_CHECKING:
     from mixq.onnx.sim import OnnxSim
@@ -108,11 +108,7 @@ class _Exporter:
         return _to_opset(self.model)
 
     def _fresh(self, name: str) -> str:
-        out, n = name, 1
-        while out in self.used:
-            out, n = f"{name}_{n}", n + 1
-        self.used.add(out)
-        return out
+        return fresh_name(name, self.used)
 
     def _replace(self, old: str, new: str) -> None:
         for node in self.g.node:

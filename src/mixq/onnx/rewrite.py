@@ -29,7 +29,7 @@ from mixq.graph.ir import Graph, Op
 from mixq.onnx.capture import constant_names, elem_type
 from mixq.onnx.quantizer import OnnxActivationQuantizer, OnnxQuantizer, OnnxWeightQuantizer
 
-__all__ = ["ONNX_TYPES", "Rewriter", "ensure_opset", "required_opset"]
+__all__ = ["ONNX_TYPES", "Rewriter", "ensure_opset", "fresh_name", "required_opset"]
 
 ONNX_TYPES = {
     "int4": TensorProto.INT4,
@@ -117,6 +117,15 @@ def _toposort(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.Nod
     return order
 
 
+def fresh_name(name: str, used: set[str]) -> str:
+    """``name``, or ``name_1``, ``name_2`` ... if taken; the result is added to ``used``."""
+    out, n = name, 1
+    while out in used:
+        out, n = f"{name}_{n}", n + 1
+    used.add(out)
+    return out
+
+
 class Rewriter:
     """Builds the Sim's model: the captured model with every quantizer's subgraph."""
 
@@ -137,11 +146,7 @@ class Rewriter:
         self.groups = find_fusion_groups(graph, fuse_add)  # the plan's target's groups
 
     def _fresh(self, name: str) -> str:
-        out, n = name, 1
-        while out in self.used:
-            out, n = f"{name}_{n}", n + 1
-        self.used.add(out)
-        return out
+        return fresh_name(name, self.used)
 
     def _input(self, name: str, elem: int) -> str:
         name = self._fresh(name)
