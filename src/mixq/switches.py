@@ -79,11 +79,11 @@ class QuantizerSwitches:
         cached = getattr(self, "_op_stats", None)
         if cached is not None:
             return cached
-        from mixq.analysis.runner import GraphRunner
+        from mixq.analysis.runner import make_runner
         from mixq.graph.cost import op_stats
 
         sim: Any = self
-        runner = getattr(sim, "runner_class", GraphRunner)(sim)
+        runner = make_runner(sim)
         args, kwargs = sim.example_inputs
         run = runner.run(kwargs if kwargs and not args else args, enabled=())
         shapes = {

@@ -5,7 +5,6 @@ import torch
 
 import mixq
 from mixq.analysis import quant_analysis
-from mixq.analysis.runner import GraphRunner
 from mixq.onnx import OnnxRunner, quantize_onnx
 from tests.onnx.conftest import batches
 from tests.onnx.models import cnn, float_session, run_float
@@ -21,11 +20,8 @@ def cnn_sim():
 
 
 @pytest.fixture
-def onnx_analysis(monkeypatch):
-    """QuantAnalysis with the lead's one-line edit: the sim's own runner class if it has one."""
-    monkeypatch.setattr(
-        quant_analysis, "GraphRunner", lambda sim: getattr(sim, "runner_class", GraphRunner)(sim)
-    )
+def onnx_analysis():
+    """QuantAnalysis, which runs an ONNX sim through its own runner (`make_runner`)."""
     return quant_analysis.QuantAnalysis
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mixq import zoo
+from tests.transforms.models import bert_batches
 
 
 @pytest.fixture(scope="session")
@@ -27,9 +28,4 @@ def outlier_bert():
             dense = layer.output.dense
             dense.weight[[3, 17]] *= 30
             dense.bias[[3, 17]] *= 30
-    batches = []
-    for s in range(3):
-        g = torch.Generator().manual_seed(200 + s)
-        ids = torch.randint(0, 500, (8, 16), generator=g)
-        batches.append((ids, torch.ones(8, 16, dtype=torch.long)))
-    return model, inputs, batches
+    return model, inputs, bert_batches(count=3, batch=8, seed=200)

@@ -31,7 +31,13 @@ from torch import nn
 from mixq.analysis.metrics import float_leaves
 from mixq.api import ConfigLike, quantize
 from mixq.config import Config, Granularity
-from mixq.graph.fusion import _IDENTITY, FusionGroup, _stages, find_fusion_groups
+from mixq.graph.fusion import (
+    _IDENTITY,
+    FusionGroup,
+    _stages,
+    find_fusion_groups,
+    target_fusion_groups,
+)
 from mixq.graph.ir import Graph, Op
 from mixq.graph.resolve import aliases, resolve, tensor_precisions
 from mixq.plan import OpPlan, Plan
@@ -360,7 +366,7 @@ def _why_unfused(graph: Graph, tensors: list[str], last: str) -> str:
 
 # -- layers and unusual configurations ----------------------------------------------------
 def _layer_rows(sim: Sim) -> list[dict[str, Any]]:
-    groups = find_fusion_groups(sim.graph, fuses_residual_add(sim.plan.target))
+    groups = target_fusion_groups(sim.graph, sim.plan.target)
     axes: dict[str, list[str]] = {}
     for p in sim.points:
         if p.kind == "weight" and p.op is not None:

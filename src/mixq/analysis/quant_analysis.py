@@ -30,12 +30,11 @@ from mixq.analysis.badcases import (
     sample_batch,
 )
 from mixq.analysis.metrics import METRICS, Metric, get_metric
-from mixq.analysis.runner import GraphRunner, Run
-from mixq.graph.fusion import find_fusion_groups
+from mixq.analysis.runner import Run, make_runner
+from mixq.graph.fusion import target_fusion_groups
 from mixq.graph.kinds import is_data_movement
 from mixq.progress import progress_bar
 from mixq.table import Table
-from mixq.targets import fuses_residual_add
 from mixq.torch.quantizer import ActivationQuantizer
 
 __all__ = ["COMPARE_METRICS", "QuantAnalysis"]
@@ -62,11 +61,11 @@ class QuantAnalysis:
 
     def __init__(self, sim: Any) -> None:
         self.sim = sim
-        self.runner = getattr(sim, "runner_class", GraphRunner)(sim)  # ONNX sims bring theirs
+        self.runner = make_runner(sim)
         self.bad: BadCases | None = None
         self.tables: dict[str, Table] = {}
         self._rows_used = 0
-        groups = find_fusion_groups(sim.graph, fuses_residual_add(sim.plan.target))
+        groups = target_fusion_groups(sim.graph, sim.plan.target)
         self._ops = [
             op
             for op in sim.graph

@@ -28,7 +28,7 @@ from torch.utils import _pytree as pytree
 
 from mixq.torch.capture import split_inputs
 
-__all__ = ["GraphRunner", "Run"]
+__all__ = ["GraphRunner", "Run", "make_runner"]
 
 Run = dict[fx.Node, Any]
 
@@ -123,3 +123,9 @@ class GraphRunner:
 
     def output_nodes(self) -> list[fx.Node]:
         return [n for n in pytree.tree_leaves(self.output_node.args) if isinstance(n, fx.Node)]
+
+
+def make_runner(sim: Any) -> Any:
+    """The node-level runner of ``sim``: its own ``runner_class`` (ONNX sims bring
+    `mixq.onnx.runner.OnnxRunner`), else a `GraphRunner`."""
+    return getattr(sim, "runner_class", GraphRunner)(sim)

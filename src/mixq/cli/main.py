@@ -244,10 +244,10 @@ def search(
 
     goal, options = _parse_target(target), _parse_candidates(candidates)
     limits = _parse_budget(budget) if budget is not None else None
-    if strategy is not None and strategy not in ("ratio", "fallback", "pareto", "budget"):
-        raise typer.BadParameter(
-            f"unknown strategy {strategy!r}: use ratio, fallback, pareto or budget"
-        )
+    from mixq.search import STRATEGIES
+
+    if strategy is not None and strategy not in STRATEGIES:
+        raise typer.BadParameter(f"unknown strategy {strategy!r}: use {', '.join(STRATEGIES)}")
     data_path = eval_ or calib
     if labels is not None and data_path is None:
         raise typer.BadParameter("--labels names an array of --eval (or --calib); give one")

@@ -176,10 +176,9 @@ class _Rewriter:
 
 def _batch_norm_of(graph: Any, op: str, target: str) -> str:
     """The batch-norm fused after ``op`` (the one whose scale is folded into its weight)."""
-    from mixq.graph.fusion import find_fusion_groups
-    from mixq.targets import fuses_residual_add
+    from mixq.graph.fusion import target_fusion_groups
 
-    group = find_fusion_groups(graph, fuses_residual_add(target))[op].ops
+    group = target_fusion_groups(graph, target)[op].ops
     return next(n for n in group if graph.ops[n].kind == "batch_norm")
 
 

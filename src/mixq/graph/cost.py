@@ -150,14 +150,9 @@ class PlanCost:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def ratio(self, other: PlanCost) -> dict[str, float]:
-        """Each figure divided by ``other``'s (e.g. relative to the all-int8 plan)."""
-        keys = ("bops", "weight_bytes", "activation_bytes", "latency", "effective_bits")
-        mine, theirs = self.to_dict(), other.to_dict()
-        return {k: mine[k] / theirs[k] if theirs[k] else math.inf for k in keys}
 
-
-def _weight_totals(plan: Plan, stats: dict[str, OpStats]) -> tuple[float, float, int]:
+def _weight_totals(plan: Plan, stats: dict[str, OpStats]) -> tuple[float, float]:
+    """Weight bytes and effective bits (bits averaged over the weights' elements)."""
     seen: dict[str, tuple[int, int]] = {}  # parameter -> (elements, bits); shared ones once
     for op in plan:
         s = stats.get(op.name)
@@ -166,7 +161,7 @@ def _weight_totals(plan: Plan, stats: dict[str, OpStats]) -> tuple[float, float,
             seen[param] = (s.weights[param], bits) if s else (0, bits)
     elements = sum(n for n, _ in seen.values())
     total_bits = sum(n * b for n, b in seen.values())
-    return total_bits / 8, (total_bits / elements if elements else 32.0), elements
+    return total_bits / 8, (total_bits / elements if elements else 32.0)
 
 
 def plan_cost(
@@ -187,7 +182,7 @@ def plan_cost(
                 bops + c["bops"],
                 latency + c["latency"],
             )
-    weight_bytes, effective_bits, _ = _weight_totals(plan, stats)
+    weight_bytes, effective_bits = _weight_totals(plan, stats)
     elements = _tensor_elements(graph, stats)
     produced = tensor_precisions(graph, plan.ops, plan.inputs)
     act_bytes = sum(elements.get(t, 0) * qtype(p).bits / 8 for t, p in produced.items())

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from mixq.graph.ir import Graph, Op
 from mixq.graph.kinds import FUSABLE_ACTIVATIONS
 
-__all__ = ["FusionGroup", "find_fusion_groups"]
+__all__ = ["FusionGroup", "find_fusion_groups", "target_fusion_groups"]
 
 _ANCHORS = frozenset({"conv", "conv_transpose", "linear"})
 _IDENTITY = frozenset({"dropout", "identity", "contiguous", "clone", "alias", "detach"})
@@ -94,7 +94,7 @@ def find_fusion_groups(graph: Graph, fuse_add: bool = True) -> dict[str, FusionG
         graph: the model.
         fuse_add: whether a conv / linear group takes in the residual add after it (NPU
             compilers); False ends the group before the add (ORT's CPU kernels). Callers
-            with a Plan pass ``fuses_residual_add(plan.target)``.
+            with a Plan use `target_fusion_groups`.
     """
     groups: dict[str, FusionGroup] = {}
     for op in graph:
@@ -106,3 +106,11 @@ def find_fusion_groups(graph: Graph, fuse_add: bool = True) -> dict[str, FusionG
         for name in members:
             groups[name] = group
     return groups
+
+
+def target_fusion_groups(graph: Graph, target: str) -> dict[str, FusionGroup]:
+    """`find_fusion_groups` as deployment ``target`` fuses (a built-in name or a profile's
+    path; its ``fuse_residual_add`` decides): what every user of a Plan's groups calls."""
+    from mixq.targets import fuses_residual_add  # profiles sit beside the graph layer
+
+    return find_fusion_groups(graph, fuses_residual_add(target))

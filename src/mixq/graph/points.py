@@ -19,13 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mixq.config import Granularity
-from mixq.graph.fusion import FusionGroup, find_fusion_groups
+from mixq.graph.fusion import FusionGroup, target_fusion_groups
 from mixq.graph.ir import Graph, Op
 from mixq.graph.kinds import is_data_movement
 from mixq.graph.resolve import aliases, tensor_precisions
 from mixq.plan import Plan
 from mixq.qtypes import qtype
-from mixq.targets import fuses_residual_add
 
 __all__ = ["QuantPoint", "quantization_points"]
 
@@ -171,7 +170,7 @@ def _weight_granularity(
 def quantization_points(graph: Graph, plan: Plan) -> list[QuantPoint]:
     """Every quantizer the plan needs, in graph order; fp32 points are left out."""
     produced = tensor_precisions(graph, plan.ops, plan.inputs)
-    groups = find_fusion_groups(graph, fuses_residual_add(plan.target))
+    groups = target_fusion_groups(graph, plan.target)
     points = (
         _activation_points(graph, plan, produced, groups)
         + _conversion_points(graph, plan, produced, groups)

@@ -36,7 +36,7 @@ from mixq.config import Config
 from mixq.config_types import Precision
 from mixq.errors import ConfigError, ConflictError
 from mixq.graph.ascend import MixLists
-from mixq.graph.fusion import find_fusion_groups
+from mixq.graph.fusion import target_fusion_groups
 from mixq.graph.ir import Graph, Op
 from mixq.graph.kinds import is_data_movement
 from mixq.graph.match import match_ops, suggest
@@ -241,10 +241,7 @@ class _Resolver:
     # -- propagation -------------------------------------------------------------------------
     def _unify_groups(self) -> None:
         seen: set[tuple[str, ...]] = set()
-        from mixq.targets import fuses_residual_add
-
-        fuse_add = fuses_residual_add(self.config.target)
-        for group in find_fusion_groups(self.graph, fuse_add).values():
+        for group in target_fusion_groups(self.graph, self.config.target).values():
             members = [n for n in group.ops if n in self.decisions]
             if len(members) < 2 or group.ops in seen:
                 continue

@@ -23,6 +23,8 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -33,6 +35,7 @@ import torch
 
 from mixq.analysis.badcases import hardest_rows, sample_batch
 from mixq.analysis.metrics import get_metric
+from mixq.analysis.runner import make_runner
 from mixq.config import Config
 from mixq.errors import ConfigError
 from mixq.graph.resolve import resolve_with_report
@@ -134,12 +137,12 @@ def search(
         factory.graph, base, parse_candidates(candidates), base_sim.op_stats(), keep
     )
     evaluator = Evaluator(evaluate, data, labels)
-    baseline = _baseline(evaluator, base_sim)
+    baseline = evaluator.baseline(base_sim)
     threshold = Target.parse(target).threshold(baseline, evaluator.higher_is_better)
     trials = Trials(space, factory, evaluator, threshold, cost, time_budget_s, max_trials)
     trials.progress = _printer() if progress and os.environ.get("MIXQ_PROGRESS") != "0" else None
     trials.history = _history(history, resume, trials, space)
-    trials.reference = trials.cost(space.plan(_all_int8(space))).to_dict()
+    trials.reference = trials.plan(_all_int8(space))[1]
     trials.limits = _limits(budget, trials.reference)
     anchors, note = _run(trials, strategy, data[0], hard_samples, budget, tie, ratio, points)
     return SearchResult.build(trials, strategy, baseline, anchors, note)
@@ -168,13 +171,6 @@ def _limits(budget: dict[str, float] | None, reference: dict[str, float]) -> dic
     return {k: float(v) * reference[k] for k, v in (budget or {}).items()}
 
 
-def _baseline(evaluator: Evaluator, sim: Any) -> float:
-    if evaluator.fn is None:
-        return evaluator.baseline(sim)
-    with sim.disabled():
-        return evaluator(sim)
-
-
 def _all_int8(space: SearchSpace) -> dict[str, Candidate]:
     int8 = Candidate("int8", "int8")
     return {u.name: int8 for u in space.free}
@@ -184,7 +180,8 @@ def _history(path: Any, resume: bool, trials: Trials, space: SearchSpace) -> Pat
     if path is None:
         return None
     path = Path(path)
-    signature = space.key({u: Candidate("fp32", "fp32") for u in space.units})
+    options = {u.name: [str(c) for c in u.options] for u in space.units.values()}
+    signature = hashlib.sha1(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
     if resume and path.exists():
         trials.load(path)
         if trials.extra.get("space") not in (None, signature):
@@ -203,13 +200,8 @@ def _history(path: Any, resume: bool, trials: Trials, space: SearchSpace) -> Pat
 
 def _hard_batch(trials: Trials, batch: Any, count: int) -> Any:
     """The ``count`` rows of ``batch`` the cheapest plan gets most wrong."""
-    sim = trials.factory.sim(trials.space.plan(trials.space.uniform(0)))
-    runner = getattr(sim, "runner_class", None)
-    if runner is None:
-        from mixq.analysis.runner import GraphRunner
-
-        runner = GraphRunner
-    rows = hardest_rows(runner(sim), batch, get_metric("mse"), count)
+    sim = trials.sim(trials.space.uniform(0))
+    rows = hardest_rows(make_runner(sim), batch, get_metric("mse"), count)
     return sample_batch(batch, rows)
 
 

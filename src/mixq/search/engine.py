@@ -21,7 +21,8 @@ import copy
 import json
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,7 +145,9 @@ class Evaluator:
     def baseline(self, sim: Any) -> float:
         """The float model's score (all quantizers off); remembers its outputs."""
         with sim.disabled():
-            self._refs = torch.cat([t.reshape(-1).double() for o in self._outputs(sim) for t in o])
+            if self.fn is None:
+                outs = self._outputs(sim)
+                self._refs = torch.cat([t.reshape(-1).double() for o in outs for t in o])
             return self(sim)
 
 
@@ -174,7 +177,6 @@ class SimFactory:
         self.calib, self.example_inputs = calib, example_inputs
         self.ranges: dict[tuple[Any, ...], tuple[float, float]] = {}
         self._ancestors: dict[str, list[str]] = {}
-        self.calibrations = 0
         if isinstance(model, (str, Path)) or type(model).__name__ == "ModelProto":
             from mixq.onnx.capture import capture as capture_onnx
 
@@ -186,9 +188,9 @@ class SimFactory:
             self._captured = capture(model, example_inputs)
             self.graph = self._captured.graph
 
-    def build(self, plan: Plan, notes: Iterable[str] = ()) -> Any:
+    def build(self, plan: Plan) -> Any:
         """An uncalibrated Sim of ``plan``."""
-        resolution = Resolution(plan, notes=list(notes))
+        resolution = Resolution(plan)
         if self._captured is None:
             from mixq.onnx.sim import OnnxSim
 
@@ -212,7 +214,6 @@ class SimFactory:
         keys = {q.name: self._key(q.point, weights) for q in acts}
         if any(k not in self.ranges for k in keys.values()):
             sim.calibrate(self.calib, progress=False)
-            self.calibrations += 1
             self.ranges.update({keys[q.name]: q.range for q in acts if q.range is not None})
             return sim
         for q in acts:
@@ -279,6 +280,8 @@ class Trials:
     extra: dict[str, Any] = field(default_factory=dict)
     reference: dict[str, float] = field(default_factory=dict)  # the all-int8 plan's cost
     limits: dict[str, float] = field(default_factory=dict)  # absolute budget, if any
+    _plans: dict[str, tuple[Plan, dict[str, float]]] = field(default_factory=dict)
+    _sims: OrderedDict[str, Any] = field(default_factory=OrderedDict)
 
     def load(self, path: Path) -> None:
         """Read a previous run's history (``resume``): its points are not evaluated again."""
@@ -334,6 +337,26 @@ class Trials:
     def cost(self, plan: Plan) -> PlanCost:
         return plan_cost(self.space.graph, plan, self.space.stats)
 
+    def plan(self, assignment: dict[str, Candidate]) -> tuple[Plan, dict[str, float]]:
+        """The plan of ``assignment`` and its cost (as a dict), made once per assignment."""
+        key = self.space.key(assignment)
+        if key not in self._plans:
+            plan = self.space.plan(assignment)
+            self._plans[key] = (plan, self.cost(plan).to_dict())
+        return self._plans[key]
+
+    def sim(self, assignment: dict[str, Candidate]) -> Any:
+        """A calibrated Sim of ``assignment``; the last few are kept, as a strategy often
+        ranks units on the plan it has just evaluated (switches are always restored)."""
+        key = self.space.key(assignment)
+        if key in self._sims:
+            self._sims.move_to_end(key)
+        else:
+            self._sims[key] = self.factory.sim(self.plan(assignment)[0])
+            if len(self._sims) > 4:
+                self._sims.popitem(last=False)
+        return self._sims[key]
+
     def evaluate(self, assignment: dict[str, Candidate], label: str) -> Point:
         """Score ``assignment`` (from the history when it is there)."""
         key = self.space.key(assignment)
@@ -346,15 +369,14 @@ class Trials:
             return point
         self.check_budget()
         t0 = time.monotonic()
-        plan = self.space.plan(assignment)
-        score = self.evaluator(self.factory.sim(plan))
+        score = self.evaluator(self.sim(assignment))
         free = {u.name for u in self.space.free}
         point = Point(
             key,
             label,
             {u: str(c) for u, c in assignment.items() if u in free},
             score,
-            self.cost(plan).to_dict(),
+            self.plan(assignment)[1],
             self.met(score),
             time.monotonic() - t0,
         )
@@ -387,7 +409,7 @@ class Trials:
         """The plan of ``assignment`` respects the budget (always true without one)."""
         if not self.limits:
             return True
-        cost = self.cost(self.space.plan(assignment)).to_dict()
+        cost = self.plan(assignment)[1]
         return all(cost[k] <= v * (1 + 1e-9) for k, v in self.limits.items())
 
     def within(self, point: Point) -> bool:

@@ -210,23 +210,23 @@ def solve(
     errors: dict[str, dict[str, float]],
     budget: dict[str, float],
     tie: list[list[str]] | None = None,
-) -> tuple[Assignment | None, dict[str, float]]:
+) -> Assignment | None:
     """The assignment of least predicted loss within ``budget`` (absolute limits per key),
-    re-solved with tighter limits until the real plan cost fits; and the limits used."""
+    re-solved with tighter limits until the real plan cost fits (None: none fits)."""
     program = _Program(trials.space, errors)
     ties = _ties(trials.space, tie or [])
     limits = dict(budget)
     for _ in range(8):
         chosen = program.solve(limits, ties)
         if chosen is None:
-            return None, limits
-        cost = trials.cost(trials.space.plan(chosen)).to_dict()
+            return None
+        cost = trials.plan(chosen)[1]
         over = {k: cost[k] / budget[k] for k in budget if cost[k] > budget[k] * (1 + 1e-9)}
         if not over:
-            return chosen, limits
+            return chosen
         for k, ratio in over.items():
             limits[k] = limits[k] / ratio * 0.999
-    return None, limits
+    return None
 
 
 def budget_search(
@@ -243,9 +243,9 @@ def budget_search(
     reference = trials.reference
     limits = trials.limits
     errors = unit_errors(trials, batch, progress=trials.progress is not None)
-    chosen, _ = solve(trials, errors, limits, tie)
+    chosen = solve(trials, errors, limits, tie)
     if chosen is None:
-        cheapest = trials.cost(trials.space.plan(trials.space.uniform(0))).to_dict()
+        cheapest = trials.plan(trials.space.uniform(0))[1]
         raise ConfigError(
             f"no plan fits the budget {budget} (relative to all-int8); the cheapest plan "
             "costs " + ", ".join(f"{k} {cheapest[k] / reference[k]:.3g}" for k in budget)

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from mixq.analysis.runner import GraphRunner
+from mixq.analysis.runner import make_runner
 from mixq.progress import progress_bar
 from mixq.search.engine import Trials
 from mixq.search.space import Candidate, SearchSpace, Unit
@@ -43,10 +43,6 @@ def own_quantizers(sim: Any, unit: Unit) -> list[str]:
     return [p.name for p in sim.points if p.op in ops and not p.readers]
 
 
-def _runner(sim: Any) -> Any:
-    return getattr(sim, "runner_class", GraphRunner)(sim)
-
-
 def _outputs(runner: Any, run: Any) -> torch.Tensor:
     return torch.cat([t.reshape(-1).double() for t in runner.outputs(run)])
 
@@ -60,8 +56,8 @@ def unit_errors(trials: Trials, batch: Any, progress: bool = True) -> dict[str, 
     errors: dict[str, dict[str, float]] = {u.name: {} for u in space.free}
     for cand in _all_options(space):
         assignment = {u.name: cand if cand in u.options else u.options[0] for u in space.free}
-        sim = trials.factory.sim(space.plan(assignment))
-        runner = _runner(sim)
+        sim = trials.sim(assignment)
+        runner = make_runner(sim)
         float_run = runner.run(batch, enabled=())
         ref = _outputs(runner, float_run)
         units = [u for u in space.free if cand in u.options]
@@ -98,8 +94,8 @@ def harm_in_context(
 ) -> dict[str, float]:
     """For each of ``units``: how much the output error of ``assignment`` falls when that
     unit's quantizers alone are off (larger = more harmful now)."""
-    sim = trials.factory.sim(trials.space.plan(assignment))
-    runner = _runner(sim)
+    sim = trials.sim(assignment)
+    runner = make_runner(sim)
     ref = _outputs(runner, runner.run(batch, enabled=()))
     everything = list(sim.quantizers)
     base = nmse(ref, _outputs(runner, runner.run(batch, enabled=everything)))

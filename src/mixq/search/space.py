@@ -200,13 +200,14 @@ class SearchSpace:
         return sorted(ok, key=lambda c: (*self.unit_cost(unit, c), _rank(c)))
 
     def unit_cost(self, unit: Unit, cand: Candidate) -> tuple[float, float]:
-        """(latency, BOPs) of the unit's ops at ``cand``, inputs read at ``cand`` too."""
+        """(latency, BOPs) of the unit's ops at ``cand``, inputs read at ``cand`` too: the
+        order of its options."""
         lat = bops = 0.0
         for name in unit.ops:
             op = self._at(self.base.ops[name], cand, cand.activation)
             c = op_cost(op, self.stats.get(name, OpStats()), self.profile.cost)
             lat, bops = lat + c["latency"], bops + c["bops"]
-        return (lat + bops * 1e-12, bops)
+        return lat, bops
 
     def _base_choice(self, unit: Unit) -> Candidate:
         if unit.input is not None:

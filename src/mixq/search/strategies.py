@@ -193,7 +193,7 @@ def _greedy_path(
     added (the real added cost: the unit's own ops and the ops that read its output)."""
     space = trials.space
     current = space.uniform(0)
-    cost = trials.cost(space.plan(current)).to_dict()[trials.cost_key]
+    cost = trials.plan(current)[1][trials.cost_key]
     path = [(dict(current), cost)]
     while True:
         best: tuple[float, float, str, Candidate] | None = None

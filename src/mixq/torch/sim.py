@@ -24,7 +24,7 @@ from torch import fx, nn
 
 from mixq.encodings import Encodings
 from mixq.errors import CalibrationError, ConfigError
-from mixq.graph.fusion import find_fusion_groups
+from mixq.graph.fusion import target_fusion_groups
 from mixq.graph.ir import Graph, Op
 from mixq.graph.points import QuantPoint, quantization_points
 from mixq.graph.resolve import Resolution
@@ -32,7 +32,6 @@ from mixq.plan import Plan
 from mixq.progress import progress_bar
 from mixq.switches import QuantizerSwitches
 from mixq.table import Table
-from mixq.targets import fuses_residual_add
 from mixq.torch.capture import Captured, split_inputs
 from mixq.torch.kinds import weight_arg
 from mixq.torch.quantizer import ActivationQuantizer, Quantizer, WeightQuantizer
@@ -198,16 +197,19 @@ class Sim(nn.Module, QuantizerSwitches):
                 if isinstance(q, WeightQuantizer) and q.scale is None and q.enabled:
                     q(*self.weight_args(q.name))
 
+    def named_tensors(self) -> dict[str, torch.Tensor]:
+        """Every parameter and buffer of the model, by the names the graph's ops use."""
+        return {**dict(self.module.named_parameters()), **dict(self.module.named_buffers())}
+
     def weight_shapes(self) -> dict[str, tuple[int, ...]]:
         """Shape of every parameter and buffer, by the names the graph's ops use."""
-        tensors = {**dict(self.module.named_parameters()), **dict(self.module.named_buffers())}
-        return {n: tuple(t.shape) for n, t in tensors.items()}
+        return {n: tuple(t.shape) for n, t in self.named_tensors().items()}
 
     def weight_args(self, name: str) -> list[torch.Tensor | None]:
         """The tensors a weight quantizer reads: the weight, and a batch-norm's weight and
         running variance when one is folded into it."""
         q = self.quantizer(name)
-        tensors = {**dict(self.module.named_parameters()), **dict(self.module.named_buffers())}
+        tensors = self.named_tensors()
         return [None if t is None else tensors[t] for t in getattr(q, "sources", ())]
 
     def quantizer_table(self) -> Table:
@@ -233,7 +235,7 @@ class _Inserter:
         self.fx_graph = captured.module.graph
         self.current = dict(captured.tensor_nodes)  # tensor -> node holding its latest value
         self.get_attrs = {str(n.target): n for n in self.fx_graph.nodes if n.op == "get_attr"}
-        self.groups = find_fusion_groups(captured.graph, fuses_residual_add(sim.plan.target))
+        self.groups = target_fusion_groups(captured.graph, sim.plan.target)
 
     def run(self) -> None:
         for point in self.sim.points:

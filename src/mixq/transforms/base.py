@@ -99,12 +99,15 @@ class TransformContext:
         graph: its captured Graph (op kinds, module paths, tensors between ops).
         batches: calibration batches (input tuples, tensors or keyword dicts).
         sim: the Sim, for ``weights`` transforms (None while float transforms run).
+        reference: the model's outputs on ``batches[:1]`` before the running transform
+            (what a float transform must keep; set by the pipeline).
     """
 
     model: nn.Module
     graph: Graph
     batches: list[Any]
     sim: Any = None
+    reference: list[Any] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ def expected_shift(delta: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def _correct(ctx: TransformContext, layer: QuantizedLayer, mean: torch.Tensor) -> dict | None:
     sim = ctx.sim
-    tensors = {**dict(sim.module.named_parameters()), **dict(sim.module.named_buffers())}
+    tensors = sim.named_tensors()
     args = sim.weight_args(layer.quantizer)
     w = float_weight(ctx.model, sim, layer)  # the Sim's may already be rounded (adaround)
     shift = expected_shift(sim.quantizer(layer.quantizer)(*args) - w, mean)

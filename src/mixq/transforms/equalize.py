@@ -27,7 +27,6 @@ import torch
 
 from mixq.transforms.base import TransformContext, TransformRecord, register_transform
 from mixq.transforms.pairs import consumer_ranges, find_pairs, producer_ranges, verify_exact
-from mixq.transforms.stats import run_batches
 
 __all__ = ["equalization_scale", "equalize"]
 
@@ -61,7 +60,6 @@ def equalize(
         channel-range spread (max / min) before and after.
     """
     pairs = find_pairs(ctx.graph, ctx.model, producers=("linear", "conv"))
-    reference = run_batches(ctx.model, ctx.batches[:1])
     record = TransformRecord("equalize", {"iterations": iterations})
     first: dict[str, tuple[float, float]] = {}
     total: dict[str, torch.Tensor] = {}
@@ -70,14 +68,7 @@ def equalize(
             r1, r2 = producer_ranges(ctx.model, pair), consumer_ranges(ctx.model, pair)
             first.setdefault(pair.producer, (_spread(r1), _spread(r2)))
             s = equalization_scale(r1, r2)
-            change = verify_exact(
-                ctx.model,
-                pair,
-                s,
-                lambda: run_batches(ctx.model, ctx.batches[:1]),
-                reference,
-                tolerance,
-            )
+            change = verify_exact(ctx.model, pair, s, ctx.batches[:1], ctx.reference, tolerance)
             if change is not None:
                 total[pair.producer] = total.get(pair.producer, torch.ones_like(s)) * s
     for pair in pairs:

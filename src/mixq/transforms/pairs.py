@@ -31,6 +31,7 @@ from torch import nn
 
 from mixq.analysis.metrics import float_leaves
 from mixq.graph.ir import Graph, Op
+from mixq.transforms.stats import run_batches
 
 __all__ = [
     "ScalePair",
@@ -245,18 +246,19 @@ def verify_exact(
     model: nn.Module,
     pair: ScalePair,
     s: torch.Tensor,
-    run: Any,
+    batches: list[Any],
     reference: list[Any],
     tolerance: float,
 ) -> float | None:
-    """Apply ``s`` to ``pair``; keep it if outputs stay within ``tolerance``.
+    """Apply ``s`` to ``pair``; keep it if the outputs on ``batches`` stay within
+    ``tolerance`` of ``reference`` (the outputs on them before).
 
     Returns:
         The relative output change, or None when the pair was undone.
     """
     saved = _snapshot(model, pair)
     apply_scale(model, pair, s)
-    error = max_relative_error(reference, run())
+    error = max_relative_error(reference, run_batches(model, batches))
     if error <= tolerance:
         return error
     model.load_state_dict(saved, strict=False)

@@ -81,10 +81,11 @@ def _batches(calib: Iterable[Any] | None, example_inputs: Any) -> list[Any]:
 
 
 def _run(ctx: TransformContext, transform: Transform, options: dict[str, Any]) -> TransformRecord:
-    before = run_batches(ctx.model, ctx.batches[:1]) if transform.stage == "float" else None
+    if transform.stage == "float":
+        ctx.reference = run_batches(ctx.model, ctx.batches[:1])
     record = transform.fn(ctx, **options)
-    if before is not None:
-        change = max_relative_error(before, run_batches(ctx.model, ctx.batches[:1]))
+    if transform.stage == "float":
+        change = max_relative_error(ctx.reference, run_batches(ctx.model, ctx.batches[:1]))
         record.notes.append(f"float outputs moved by {change:.2g} at most (relative to max |y|)")
     return record
 

@@ -126,8 +126,7 @@ def smooth(
         if all(isinstance(ctx.model.get_submodule(c), nn.Linear) for c in p.consumers)
     ]
     with record_inputs(ctx.model, [p.consumers[0] for p in pairs], keep=rows) as stats:
-        reference = run_batches(ctx.model, ctx.batches[:1])
-        run_batches(ctx.model, ctx.batches[1:])
+        run_batches(ctx.model, ctx.batches)
     record = TransformRecord("smooth", {"alpha": {}})
     for pair in pairs:
         stat = stats[pair.consumers[0]]
@@ -138,14 +137,7 @@ def smooth(
         a, s, before, after = _choose(x, stat.absmax, weights, _candidates(pair, alpha), precision)
         if a is None:
             continue
-        change = verify_exact(
-            ctx.model,
-            pair,
-            s,
-            lambda: run_batches(ctx.model, ctx.batches[:1]),
-            reference,
-            tolerance,
-        )
+        change = verify_exact(ctx.model, pair, s, ctx.batches[:1], ctx.reference, tolerance)
         if change is None:
             record.notes.append(f"{pair.producer}: not exact in float, left unsmoothed")
             continue

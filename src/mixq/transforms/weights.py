@@ -60,7 +60,7 @@ def _module(model: nn.Module, path: str) -> nn.Module | None:
 
 def quantized_layers(sim: Any, model: nn.Module) -> list[QuantizedLayer]:
     """Linear and (ungrouped) conv layers whose weight is quantized to an integer type."""
-    tensors = {**dict(sim.module.named_parameters()), **dict(sim.module.named_buffers())}
+    tensors = sim.named_tensors()
     layers: list[QuantizedLayer] = []
     seen: set[str] = set()
     for point in sim.points:
