@@ -32,8 +32,8 @@ import torch
 
 import mixq
 from mixq import zoo
+from mixq.rules.setters import SensitivitySetter
 from mixq.search.engine import Evaluator, Target
-from mixq.setters import SensitivitySetter
 
 
 @dataclass

@@ -20,6 +20,10 @@ def test_public_names_of_mixq():
         "CalibrationError",
         "CaptureError",
         "ConfigError",
+        "apply",
+        "check",
+        "search",
+        "QuantAnalysis",
     ]:
         assert name in mixq.__all__ and hasattr(mixq, name), name
 
@@ -55,7 +59,7 @@ def test_config_and_sim_surface():
     assert cfg.set_precision("encoder.layer.0", activation="int16") is cfg
     params = inspect.signature(mixq.quantize).parameters
     assert list(params)[:4] == ["model", "example_inputs", "config", "strict"]
-    from mixq.torch.sim import Sim
+    from mixq.sim.torch.sim import Sim
 
     for name in [
         "calibrate",

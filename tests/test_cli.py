@@ -154,7 +154,7 @@ def test_every_model_command_takes_an_onnx_file(tmp_path):
     import onnx
 
     import mixq
-    from tests.onnx.models import mlp
+    from tests.sim.onnx.models import mlp
 
     model = tmp_path / "mlp.onnx"
     onnx.save(mlp(), model)

@@ -10,17 +10,17 @@ Example:
     torch.Size([8, 4])
 """
 
-from mixq import analysis, primitives, transforms, zoo
-from mixq.analysis.check import check
+from mixq import analysis, transforms, zoo
 from mixq.analysis.quant_analysis import QuantAnalysis
-from mixq.api import quantize
-from mixq.config import Config, Granularity, Precision, Request, Scheme
-from mixq.encodings import Encoding, Encodings
-from mixq.errors import CalibrationError, CaptureError, ConfigError, ConflictError, MixqError
-from mixq.plan import OpPlan, Plan
-from mixq.qtypes import QTYPES, QType, qtype
+from mixq.api import apply, check, quantize
+from mixq.core import primitives
+from mixq.core.errors import CalibrationError, CaptureError, ConfigError, ConflictError, MixqError
+from mixq.core.qtypes import QTYPES, QType, qtype
+from mixq.core.table import Table
+from mixq.plan.encodings import Encoding, Encodings
+from mixq.plan.plan import OpPlan, Plan
+from mixq.rules.config import Config, Granularity, Precision, Request, Scheme
 from mixq.search import SearchResult, search
-from mixq.table import Table
 from mixq.targets import TargetProfile, load_target
 
 __version__ = "0.1.0"
@@ -47,6 +47,7 @@ __all__ = [
     "Table",
     "TargetProfile",
     "analysis",
+    "apply",
     "check",
     "load_target",
     "primitives",

@@ -14,13 +14,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mixq.config import Config
-from mixq.errors import ConfigError
+from mixq.analysis.calls import record_calls
+from mixq.analysis.check import CheckResult, check_sim
+from mixq.core.errors import ConfigError
 from mixq.graph.ir import Graph
-from mixq.graph.resolve import Resolution, resolve_with_report
-from mixq.plan import Plan
+from mixq.plan.plan import Plan
+from mixq.rules.config import Config
+from mixq.rules.resolve import Resolution, resolve_with_report
 
-__all__ = ["plan_model", "quantize"]
+__all__ = ["apply", "check", "plan_model", "quantize"]
 
 ConfigLike = Config | Plan | dict[str, Any] | tuple[str, str] | str | Path | None
 
@@ -80,7 +82,7 @@ def quantize(
     from mixq.transforms.pipeline import quantize_with_transforms, requested_transforms
 
     specs = requested_transforms(config, transforms)
-    is_onnx = isinstance(model, (str, Path)) or type(model).__name__ == "ModelProto"
+    is_onnx = _is_onnx(model)
     if specs and is_onnx:
         raise ConfigError(
             f"transforms {specs} rewrite PyTorch models; quantize the nn.Module, or apply "
@@ -93,11 +95,11 @@ def quantize(
     if specs:
         return quantize_with_transforms(model, example_inputs, specs, resolve, calib)
     if is_onnx:
-        from mixq.onnx import build_sim
+        from mixq.sim.onnx import build_sim
 
         return build_sim(model, example_inputs, resolve)
-    from mixq.torch.capture import capture
-    from mixq.torch.sim import Sim
+    from mixq.sim.torch.capture import capture
+    from mixq.sim.torch.sim import Sim
 
     captured = capture(model, example_inputs)
     return Sim(captured, _resolve(model, captured.graph, config, strict))
@@ -116,3 +118,62 @@ def plan_model(
         if isinstance(config, Config):
             config.target = target
     return quantize(model, inputs, config, strict=strict)
+
+
+def apply(config: ConfigLike, model: Any, example_inputs: Any, strict: bool = True) -> Any:
+    """Resolve every request of ``config`` at once against ``model`` and build the Sim
+    (AIMET's ``apply()``): the same as ``mixq.quantize(model, example_inputs, config, strict)``.
+
+    Example:
+        >>> import torch, mixq
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+        >>> cfg = mixq.Config("int8").set_precision("0", activation="int16")
+        >>> mixq.apply(cfg, model, (torch.randn(2, 4),)).plan["0"].output
+        ('int16',)
+    """
+    return quantize(model, example_inputs, config, strict=strict)
+
+
+def check(
+    model: Any,
+    example_inputs: Any,
+    config: ConfigLike = None,
+    strict: bool = False,
+    out_dir: str | Path | None = None,
+) -> CheckResult:
+    """Check ``model`` and its ``config`` for what makes quantization go wrong.
+
+    Args:
+        model: the float model (a copy is run; the model itself is never changed), or an
+            ONNX model (an ``.onnx`` path or a ``ModelProto``): then nothing is recorded,
+            every node is listed with one call and the shared / unused sections say they
+            do not apply.
+        example_inputs: a tensor, a tuple of inputs or a dict of keyword inputs.
+        config: anything `quantize` accepts (None means all int8).
+        strict: True raises on a target conflict (as `quantize`) instead of reporting it.
+        out_dir: if given, `CheckResult.save` writes the report there.
+
+    Returns:
+        The `CheckResult` (`mixq.analysis.check`); ``print(result)`` shows the whole report.
+
+    Example:
+        >>> import torch
+        >>> relu = torch.nn.ReLU()
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), relu, torch.nn.Linear(4, 4), relu)
+        >>> result = check(model, torch.randn(2, 4))
+        >>> [(r["module"], r["calls"]) for r in result.shared.rows]
+        [('1', 2)]
+    """
+    records = None if _is_onnx(model) else record_calls(model, example_inputs)
+    sim = quantize(model, example_inputs, config, strict=strict)
+    result = check_sim(model, sim, config, records)
+    if out_dir is not None:
+        result.save(out_dir)
+    return result
+
+
+def _is_onnx(model: Any) -> bool:
+    """An ``.onnx`` path or an ``onnx.ModelProto`` (checked without importing onnx)."""
+    if isinstance(model, (str, Path)):
+        return str(model).lower().endswith(".onnx")
+    return type(model).__name__ == "ModelProto"

@@ -8,8 +8,8 @@ from torch import nn
 
 import mixq
 from mixq.analysis.quant_analysis import QuantAnalysis
-from mixq.config import Scheme
-from mixq.table import Table
+from mixq.core.table import Table
+from mixq.rules.config import Scheme
 
 
 def _linear(shift: float = 0.0) -> nn.Module:

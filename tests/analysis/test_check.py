@@ -7,9 +7,10 @@ import torch
 from torch import nn
 
 from mixq import zoo
-from mixq.analysis.check import check, record_calls
-from mixq.config import Config, Scheme
-from mixq.errors import ConflictError
+from mixq.analysis.calls import record_calls
+from mixq.api import check
+from mixq.core.errors import ConflictError
+from mixq.rules.config import Config, Scheme
 
 RESNET_CONVS = ["stem.0", "block.conv1", "block.conv2", "down.0"]
 

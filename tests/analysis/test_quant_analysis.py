@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 import mixq
-from mixq import primitives as P
 from mixq.analysis.metrics import get_metric, sqnr
 from mixq.analysis.quant_analysis import QuantAnalysis
+from mixq.core import primitives as P
 
 
 class Planted(nn.Module):
@@ -159,7 +159,7 @@ def test_sensitivity_table_feeds_the_ratio_setter(planted, tmp_path):
     table = QuantAnalysis(sim).sensitivity("l1", "both", mode="exact", data=data[0])
     assert table.rows[-1]["op"] in sim.plan.ops  # model inputs are named by their reader
     path = table.save(tmp_path / "sensitivity.csv")
-    from mixq.setters import SensitivitySetter
+    from mixq.rules.setters import SensitivitySetter
 
     cfg = mixq.Config(setters=[SensitivitySetter(str(path), topk=2, kind="activation")])
     plan = mixq.quantize(model, data[0], cfg).plan

@@ -20,7 +20,7 @@ import mixq
 from mixq.analysis import report as report_module
 from mixq.analysis.quant_analysis import QuantAnalysis
 from mixq.analysis.report import write_report
-from mixq.table import Table
+from mixq.core.table import Table
 
 CHROMIUM = shutil.which("chromium")
 needs_chromium = pytest.mark.skipif(

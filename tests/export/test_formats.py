@@ -9,8 +9,6 @@ import pytest
 import yaml
 
 import mixq
-from mixq.config import Scheme
-from mixq.encodings import Encoding, Encodings
 from mixq.export.formats import (
     FORMATS,
     VendorData,
@@ -21,7 +19,9 @@ from mixq.export.formats import (
     write_format,
     write_profile,
 )
-from mixq.plan import OpPlan, Plan
+from mixq.plan.encodings import Encoding, Encodings
+from mixq.plan.plan import OpPlan, Plan
+from mixq.rules.config import Scheme
 
 ENCODING_FORMATS = ["aimet-0.6.1", "aimet-1.0.0"]
 ORT_KEYS = {

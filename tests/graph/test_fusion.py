@@ -7,8 +7,8 @@ import pytest
 from mixq import Config
 from mixq.graph.fusion import find_fusion_groups
 from mixq.graph.ir import Graph, Op
-from mixq.graph.points import quantization_points
-from mixq.graph.resolve import resolve
+from mixq.plan.points import quantization_points
+from mixq.rules.resolve import resolve
 from mixq.targets import fuses_residual_add
 
 

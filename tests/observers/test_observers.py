@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from mixq import observers as O
-from mixq import primitives as P
+from mixq.core import primitives as P
 from mixq.observers import OBSERVERS, HistogramObserver, histogram_mse, make_observer
-from mixq.observers.search import _kl_divergences
+from mixq.observers.range_search import _kl_divergences
 
 NORMAL_9999 = 3.7190164854556804  # Phi^-1(0.9999)
 SEARCHES = ["mse", "sqnr", "kl"]

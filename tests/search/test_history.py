@@ -15,7 +15,7 @@ def _counting_sqnr(model, data, calls):
         ref = torch.cat([model(*b).flatten() for b in data])
 
     def evaluate(sim) -> float:
-        if any(q.enabled for q in sim._quantizers.values()):  # not the float baseline
+        if any(q.enabled for q in sim.named_quantizers().values()):  # not the float baseline
             calls.append(
                 tuple((o.name, o.input, o.output, tuple(o.weight.items())) for o in sim.plan)
             )

@@ -147,8 +147,8 @@ def test_unreachable_target_returns_the_best_plan_and_the_miss(digits, tmp_path)
 def test_onnx_model_search(tmp_path):
     import onnx
 
-    from tests.onnx.conftest import batches
-    from tests.onnx.models import cnn
+    from tests.sim.onnx.conftest import batches
+    from tests.sim.onnx.models import cnn
 
     path = tmp_path / "cnn.onnx"
     onnx.save(cnn(), path)

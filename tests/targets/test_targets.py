@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from mixq import ConfigError, ConflictError, OpPlan
+from mixq.core.qtypes import QTYPES
 from mixq.graph.kinds import DATA_MOVEMENT
-from mixq.qtypes import QTYPES
 from mixq.targets import (
     BUILTIN_TARGETS,
     TARGET_VERSION,

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from mixq.analysis.metrics import float_leaves
-from mixq.torch.capture import capture
+from mixq.sim.torch.capture import capture
 from mixq.transforms import apply_transforms
 from mixq.transforms.pairs import ScalePair, find_pairs, max_relative_error, verify_exact
 from mixq.transforms.stats import run_batches

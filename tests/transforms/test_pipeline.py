@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import mixq
-from mixq.errors import CalibrationError, ConfigError
-from mixq.plan import Plan
+from mixq.core.errors import CalibrationError, ConfigError
+from mixq.plan.plan import Plan
 from mixq.transforms import TRANSFORMS, apply_transforms
 
 ALL = ["smooth", "equalize", "adaround", "bias_correct"]

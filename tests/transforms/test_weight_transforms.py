@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from mixq import primitives as P
+from mixq.core import primitives as P
 from mixq.transforms.stats import record_inputs, run_batches
 from tests.transforms.conftest import calibrated_sim, output_sqnr
 

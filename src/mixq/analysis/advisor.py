@@ -9,10 +9,11 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeGuard
 
-from mixq.qtypes import qtype
-from mixq.table import Table
+from mixq.core.qtypes import qtype
+from mixq.core.table import Table
+from mixq.sim.protocol import SimLike
 
 __all__ = ["OVERWIDE", "WIDE_INT8_RANGE", "advise"]
 
@@ -23,7 +24,8 @@ OVERWIDE = 20.0
 _TOP = 0.1  # "sensitive" = in the top 10 % of a sensitivity table
 
 
-def _is_activation(q: Any) -> bool:
+def _is_activation(q: Any) -> TypeGuard[Any]:
+    """``q`` is an activation quantizer (not None, not a weight's)."""
     return getattr(getattr(q, "point", None), "kind", None) == "activation"
 
 
@@ -63,9 +65,9 @@ def _wide_int8(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     return out
 
 
-def _grid(sim: Any, op: str) -> tuple[float, float, float] | None:
+def histogram_grid(sim: SimLike, op: str) -> tuple[float, float, float] | None:
     """(lo, hi, step) of the op's output quantizer, for a per-tensor integer one."""
-    q = sim._quantizers.get(sim.graph.float_outputs(sim.graph.ops[op])[0])
+    q = sim.named_quantizers().get(sim.graph.float_outputs(sim.graph.ops[op])[0])
     if not _is_activation(q) or q.scale is None or q.zero_point is None:
         return None
     if q.scale.numel() != 1:
@@ -74,10 +76,10 @@ def _grid(sim: Any, op: str) -> tuple[float, float, float] | None:
     return (t.qmin - zp) * s, (t.qmax - zp) * s, s
 
 
-def _overwide(sim: Any, rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+def _overwide(sim: SimLike, rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     out = []
     for r in rows:
-        grid = _grid(sim, r["op"])
+        grid = histogram_grid(sim, r["op"])
         width = r["float_max"] - r["float_min"]
         if grid is not None and width > 0 and grid[1] - grid[0] > OVERWIDE * width:
             ratio = (grid[1] - grid[0]) / width
@@ -93,10 +95,10 @@ def _overwide(sim: Any, rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     return out
 
 
-def _uncovered(sim: Any, rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+def _uncovered(sim: SimLike, rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     out = []
     for r in rows:
-        grid = _grid(sim, r["op"])
+        grid = histogram_grid(sim, r["op"])
         if grid is None:
             continue
         lo, hi, s = grid
@@ -113,7 +115,9 @@ def _uncovered(sim: Any, rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     return out
 
 
-def _asymmetric_inputs(sim: Any, inputs: dict[str, tuple[float, float]]) -> list[dict[str, str]]:
+def _asymmetric_inputs(
+    sim: SimLike, inputs: dict[str, tuple[float, float]]
+) -> list[dict[str, str]]:
     if not sim.plan.scheme.activation_symmetric:
         return []
     out = []
@@ -131,10 +135,10 @@ def _asymmetric_inputs(sim: Any, inputs: dict[str, tuple[float, float]]) -> list
     return out
 
 
-def _integer_outputs(sim: Any) -> list[dict[str, str]]:
+def _integer_outputs(sim: SimLike) -> list[dict[str, str]]:
     out = []
     for tensor in sim.graph.outputs:
-        q = sim._quantizers.get(tensor)
+        q = sim.named_quantizers().get(tensor)
         if _is_activation(q) and not q.qtype.is_floating_point:
             out.append(
                 _row(

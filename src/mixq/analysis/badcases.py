@@ -20,9 +20,9 @@ from torch import fx
 from torch.utils import _pytree as pytree
 
 from mixq.analysis.metrics import Metric, per_sample
-from mixq.analysis.runner import GraphRunner
-from mixq.progress import progress_bar
-from mixq.torch.capture import split_inputs
+from mixq.core.progress import progress_bar
+from mixq.sim.torch.capture import split_inputs
+from mixq.sim.torch.runner import GraphRunner
 
 __all__ = ["BadCases", "compared_outputs", "find_bad_cases", "hardest_rows", "sample_batch"]
 
@@ -100,7 +100,7 @@ class BadCases:
         return best.index
 
     def tables(self) -> dict[str, Any]:
-        from mixq.table import Table
+        from mixq.core.table import Table
 
         names = [m.name for m in self.metrics]
         index = [

@@ -1,14 +1,14 @@
 """Check a model before quantizing it: what Horizon's ``model_check_result.txt`` reports.
 
-`check` runs a copy of the model once with a hook on every module, resolves the config into
+`mixq.check` runs a copy of the model once with a hook on every module, resolves the config into
 a Plan, and reports six tables: call counts, shared modules (with each call's output range),
 unused modules, fusable ops that did not fuse, each layer's precision, and configurations
 worth a second look. Nothing is calibrated and the user's model is never touched.
 
 Example:
-    >>> import torch
+    >>> import torch, mixq
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
-    >>> result = check(model, (torch.randn(2, 4),))
+    >>> result = mixq.check(model, (torch.randn(2, 4),))
     >>> [(r["module"], r["calls"]) for r in result.calls.rows], len(result.unfused)
     ([('', 1), ('0', 1), ('1', 1)], 0)
     >>> result.unusual.rows[0]["issue"]
@@ -21,37 +21,26 @@ import copy
 import json
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from mixq.analysis.metrics import float_leaves
-from mixq.api import ConfigLike, quantize
-from mixq.config import Config, Granularity
-from mixq.graph.fusion import (
-    _IDENTITY,
-    FusionGroup,
-    _stages,
-    find_fusion_groups,
-    target_fusion_groups,
-)
+from mixq.analysis.calls import ModuleCalls, call_rows
+from mixq.core.qtypes import qtype
+from mixq.core.table import Table
+from mixq.graph.fusion import IDENTITY_KINDS, FusionGroup, find_fusion_groups, fusion_stages
 from mixq.graph.ir import Graph, Op
-from mixq.graph.resolve import aliases, resolve, tensor_precisions
-from mixq.plan import OpPlan, Plan
-from mixq.qtypes import qtype
-from mixq.table import Table
+from mixq.plan.plan import OpPlan, Plan
+from mixq.plan.tensors import aliases, tensor_precisions
+from mixq.rules.config import Config, Granularity
+from mixq.rules.resolve import resolve
 from mixq.targets import fuses_residual_add, load_target
-from mixq.torch.capture import split_inputs
+from mixq.targets.fusion import target_fusion_groups
 
 if TYPE_CHECKING:
-    import onnx
+    from mixq.sim.torch.sim import Sim
 
-    from mixq.torch.sim import Sim
-
-__all__ = ["CheckResult", "ModuleCalls", "check", "record_calls", "unfused_rows"]
+__all__ = ["CheckResult", "check_sim", "unfused_rows"]
 
 # Section -> (heading, columns), in the order model_check_result.txt prints them.
 _SECTIONS = {
@@ -68,10 +57,6 @@ _SECTIONS = {
     ),
     "unusual": ("Configurations to double-check", "op/tensor|issue|advice"),
 }
-# Never called by design: they only hold their children.
-_CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
-# A shared module whose calls' ranges differ by more than this wants a quantizer per call.
-_SEPARATE_RATIO = 2.0
 _WEIGHT_GRANULAR = frozenset({"conv", "conv_transpose", "linear"})
 
 
@@ -123,50 +108,25 @@ class CheckResult:
     __str__ = to_text
 
 
-def check(
-    model: nn.Module | str | Path | onnx.ModelProto,
-    example_inputs: Any,
-    config: ConfigLike = None,
-    strict: bool = False,
-    out_dir: str | Path | None = None,
+def check_sim(
+    model: Any, sim: Any, config: Any, records: dict[str, ModuleCalls] | None
 ) -> CheckResult:
-    """Check ``model`` and its ``config`` for what makes quantization go wrong.
+    """The check of ``model`` once quantized as ``sim`` (what `mixq.check` returns).
 
     Args:
-        model: the float model (a copy is run; the model itself is never changed), or an
-            ONNX model (an ``.onnx`` path or a ``ModelProto``): then nothing is recorded,
-            every node is listed with one call and the shared / unused sections say they
-            do not apply.
-        example_inputs: a tensor, a tuple of inputs or a dict of keyword inputs.
-        config: anything `mixq.quantize` accepts (None means all int8).
-        strict: True raises on a target conflict (as `mixq.quantize`) instead of reporting it.
-        out_dir: if given, `CheckResult.save` writes the report there.
-
-    Returns:
-        The `CheckResult`; ``print(result)`` shows the whole report.
-
-    Example:
-        >>> import torch
-        >>> relu = torch.nn.ReLU()
-        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), relu, torch.nn.Linear(4, 4), relu)
-        >>> result = check(model, torch.randn(2, 4))
-        >>> [(r["module"], r["calls"]) for r in result.shared.rows]
-        [('1', 2)]
+        model: the float model or ONNX model ``sim`` was built from (never changed).
+        sim: the Sim of ``model`` under ``config``.
+        config: what the Sim was resolved from (anything `mixq.quantize` accepts).
+        records: `mixq.analysis.calls.record_calls` of a PyTorch model; None for ONNX.
     """
-    onnx_model = _is_onnx(model)
-    records = {} if onnx_model else record_calls(cast(nn.Module, model), example_inputs)
-    sim = quantize(model, example_inputs, config, strict=strict)
     requested = _requested_plan(model, sim.graph, sim.plan, config)
-    call_sections = _onnx_call_sections(sim.source) if onnx_model else _call_sections(records)
-    result = CheckResult(
+    call_sections = _onnx_call_sections(sim.source) if records is None else _call_sections(records)
+    return CheckResult(
         *call_sections,
         unfused=_table("unfused", unfused_rows(sim.graph, fuses_residual_add(sim.plan.target))),
         layers=_table("layers", _layer_rows(sim)),
         unusual=_table("unusual", _unusual_rows(sim.graph, sim.plan, requested)),
     )
-    if out_dir is not None:
-        result.save(out_dir)
-    return result
 
 
 def _table(key: str, rows: list[dict[str, Any]], note: str = "") -> Table:
@@ -174,23 +134,9 @@ def _table(key: str, rows: list[dict[str, Any]], note: str = "") -> Table:
     return Table(rows, title=title + note, columns=columns.split("|"))
 
 
-def _is_onnx(model: Any) -> bool:
-    """An ``.onnx`` path or an ``onnx.ModelProto`` (checked without importing onnx)."""
-    if isinstance(model, (str, Path)):
-        return str(model).lower().endswith(".onnx")
-    return type(model).__name__ == "ModelProto"
-
-
 def _call_sections(records: dict[str, ModuleCalls]) -> tuple[Table, Table, Table]:
-    calls = [
-        {"module": r.name, "type": r.type, "calls": r.calls, "shared": r.calls > 1}
-        for r in records.values()
-    ]
-    return (
-        _table("calls", calls),
-        _table("shared", [_shared_row(r) for r in records.values() if r.calls > 1]),
-        _table("unused", [{"module": r.name, "type": r.type} for r in _unused(records)]),
-    )
+    calls, shared, unused = call_rows(records)
+    return _table("calls", calls), _table("shared", shared), _table("unused", unused)
 
 
 def _onnx_call_sections(model: Any) -> tuple[Table, Table, Table]:
@@ -200,102 +146,6 @@ def _onnx_call_sections(model: Any) -> tuple[Table, Table, Table]:
     ]
     note = " (not applicable to ONNX models: every node runs once)"
     return _table("calls", calls), _table("shared", [], note), _table("unused", [], note)
-
-
-# -- call counts -----------------------------------------------------------------------------
-@dataclass
-class ModuleCalls:
-    """One module's calls: the output range ``(min, max)`` of each (None: no float output)."""
-
-    name: str
-    type: str
-    container: bool = False
-    ranges: list[tuple[float, float] | None] = field(default_factory=list)
-
-    @property
-    def calls(self) -> int:
-        return len(self.ranges)
-
-
-def record_calls(model: nn.Module, example_inputs: Any) -> dict[str, ModuleCalls]:
-    """Run a copy of ``model`` in eval mode once and record every module's calls.
-
-    Example:
-        >>> relu = torch.nn.ReLU()
-        >>> calls = record_calls(torch.nn.Sequential(relu, relu), torch.tensor([-1.0, 2.0]))
-        >>> calls["0"].ranges
-        [(0.0, 2.0), (0.0, 2.0)]
-    """
-    copied = copy.deepcopy(model).eval()
-    records = {
-        name: ModuleCalls(name, type(m).__name__, isinstance(m, _CONTAINERS))
-        for name, m in copied.named_modules()
-    }
-    handles = [
-        m.register_forward_hook(_recorder(records[name])) for name, m in copied.named_modules()
-    ]
-    args, kwargs = split_inputs(example_inputs)
-    try:
-        with torch.no_grad():
-            copied(*args, **kwargs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return records
-
-
-def _recorder(record: ModuleCalls) -> Any:
-    def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-        record.ranges.append(_output_range(output))
-
-    return hook
-
-
-def _output_range(output: Any) -> tuple[float, float] | None:
-    leaves = [t for t in float_leaves(output) if t.numel()]
-    if not leaves:
-        return None
-    return min(float(t.min()) for t in leaves), max(float(t.max()) for t in leaves)
-
-
-def _shared_row(r: ModuleCalls) -> dict[str, Any]:
-    ratio = _range_ratio([x for x in r.ranges if x is not None])
-    return {
-        "module": r.name,
-        "type": r.type,
-        "calls": r.calls,
-        "ranges": ["-" if x is None else f"[{x[0]:.4g}, {x[1]:.4g}]" for x in r.ranges],
-        "range_ratio": ratio,
-        "separate_quantizers": "yes (mixq gives every call its own)",
-        "needs_separate": ratio is not None and ratio > _SEPARATE_RATIO,
-    }
-
-
-def _range_ratio(ranges: list[tuple[float, float]]) -> float | None:
-    """Width of the range covering every call / the narrowest call's width: how much coarser
-    one shared scale is for the tightest call (it catches shifted ranges as well as wider)."""
-    if not ranges:
-        return None
-    union = max(hi for _, hi in ranges) - min(lo for lo, _ in ranges)
-    narrowest = min(hi - lo for lo, hi in ranges)
-    if narrowest > 0:
-        return union / narrowest
-    return 1.0 if union == 0 else math.inf
-
-
-def _unused(records: dict[str, ModuleCalls]) -> list[ModuleCalls]:
-    """Modules never called, other than the root, containers, and parents of called ones."""
-    parents_of_called = {
-        name.rsplit(".", i)[0]
-        for name, r in records.items()
-        if r.calls
-        for i in range(1, name.count(".") + 1)
-    }
-    return [
-        r
-        for name, r in records.items()
-        if name and not r.calls and not r.container and name not in parents_of_called
-    ]
 
 
 # -- unfused patterns --------------------------------------------------------------------
@@ -332,9 +182,9 @@ def unfused_rows(graph: Graph, fuse_add: bool = True) -> list[dict[str, str]]:
 
 def _later_stages(graph: Graph, group: FusionGroup, op: Op, fuse_add: bool) -> frozenset[str]:
     """The kinds that could still follow ``op`` in the pattern its group started."""
-    stages = _stages(graph.ops[group.anchor].kind, fuse_add)
+    stages = fusion_stages(graph.ops[group.anchor].kind, fuse_add)
     if op.name != group.anchor:
-        if op.kind in _IDENTITY:
+        if op.kind in IDENTITY_KINDS:
             return frozenset()
         done = next((i for i, s in enumerate(stages) if op.kind in s), len(stages))
         stages = stages[done + 1 :]
@@ -344,7 +194,7 @@ def _later_stages(graph: Graph, group: FusionGroup, op: Op, fuse_add: bool) -> f
 def _successors(graph: Graph, tensor: str, path: tuple[str, ...] = ()) -> Iterator[Any]:
     """Every reader of ``tensor`` as (identity ops passed through, op), in graph order."""
     for op in graph.consumers(tensor):
-        if op.kind in _IDENTITY and len(op.outputs) == 1:
+        if op.kind in IDENTITY_KINDS and len(op.outputs) == 1:
             yield from _successors(graph, op.outputs[0], (*path, op.name))
         else:
             yield path, op
@@ -402,7 +252,7 @@ def _observer(op: OpPlan, observer: str) -> str:
     return "-"
 
 
-def _requested_plan(model: Any, graph: Graph, plan: Plan, config: ConfigLike) -> Plan:
+def _requested_plan(model: Any, graph: Graph, plan: Plan, config: Any) -> Plan:
     """The plan as requested, before best-effort moved ops onto what the target runs."""
     if isinstance(config, Plan) or plan.target == "generic":
         return plan

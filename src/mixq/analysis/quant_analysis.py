@@ -30,12 +30,14 @@ from mixq.analysis.badcases import (
     sample_batch,
 )
 from mixq.analysis.metrics import METRICS, Metric, get_metric
-from mixq.analysis.runner import Run, make_runner
-from mixq.graph.fusion import target_fusion_groups
+from mixq.analysis.report import write_report
+from mixq.core.progress import progress_bar
+from mixq.core.table import Table
 from mixq.graph.kinds import is_data_movement
-from mixq.progress import progress_bar
-from mixq.table import Table
-from mixq.torch.quantizer import ActivationQuantizer
+from mixq.sim.protocol import SimLike
+from mixq.sim.torch.quantizer import ActivationQuantizer
+from mixq.sim.torch.runner import Run, make_runner
+from mixq.targets.fusion import target_fusion_groups
 
 __all__ = ["COMPARE_METRICS", "QuantAnalysis"]
 
@@ -59,7 +61,7 @@ class QuantAnalysis:
         sim: a calibrated Sim; its quantizer switches are used, never left changed.
     """
 
-    def __init__(self, sim: Any) -> None:
+    def __init__(self, sim: SimLike) -> None:
         self.sim = sim
         self.runner = make_runner(sim)
         self.bad: BadCases | None = None
@@ -186,7 +188,7 @@ class QuantAnalysis:
         return row
 
     def _output_quantizer(self, tensor: str) -> ActivationQuantizer | None:
-        q = self.sim._quantizers.get(tensor)
+        q = self.sim.named_quantizers().get(tensor)
         return q if _is_activation(q) else None
 
     # -- sensitivity -------------------------------------------------------------------------
@@ -288,8 +290,6 @@ class QuantAnalysis:
 
     def save(self, out_dir: str | Path) -> list[Path]:
         """Write every table (.txt, .csv, .json), badcase.txt and report.html into ``out_dir``."""
-        from mixq.analysis.report import write_report
-
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = [

@@ -20,41 +20,39 @@ Example:
 
 from __future__ import annotations
 
-import html
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import plotly.graph_objects as go
 import torch
-from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
-from mixq.analysis.quant_analysis import QuantAnalysis
-from mixq.analysis.runner import Run
-from mixq.qtypes import qtype
-from mixq.table import Table
+from mixq.analysis.html import Page, cell, details, esc, finite, html_table
+from mixq.core.qtypes import qtype
+from mixq.core.table import Table
+from mixq.sim.protocol import SimLike
+from mixq.sim.torch.runner import Run
 
-__all__ = ["write_report"]
+__all__ = ["Analysis", "write_report"]
+
+
+class Analysis(Protocol):
+    """What the page reads of a `mixq.QuantAnalysis`: its Sim, runner, tables and bad case."""
+
+    sim: SimLike
+    runner: Any
+    tables: dict[str, Table]
+    bad: Any
+
 
 MAX_VALUES = 20_000  # per tensor in a histogram: enough for the shape, keeps the page small
 WORST_OPS = 4
 TOP_SENSITIVE = 30
 _BLUE, _ORANGE, _RED, _GREY = "#1f77b4", "#ff7f0e", "#d62728", "#d9d9d9"
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
-h1 { border-bottom: 2px solid #ccc; } h2 { margin-top: 2em; border-bottom: 1px solid #ddd; }
-p.how { color: #555; font-size: 0.92em; margin-top: 0; } details { margin: 0.5em 0; }
-p.note { color: #8a6d3b; background: #fcf8e3; padding: 0.4em 0.8em; }
-table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1em; }
-th, td { border: 1px solid #ddd; padding: 2px 6px; text-align: left; white-space: nowrap; }
-th { background: #f3f3f3; position: sticky; top: 0; } tr:nth-child(even) { background: #fafafa; }
-div.scroll { overflow: auto; max-height: 40em; } details#table-advice td { white-space: normal; }
-summary { cursor: pointer; font-weight: 600; }
-"""
 _TABLES = {  # table key -> what to run when it is missing
     **dict.fromkeys(("badcase_overall", "badcase_index", "badcase_value"), "find_bad_cases(data)"),
     **{f"compare_{v}": f'compare_layers(view="{v}")' for v in ("accumulated", "isolated")},
@@ -77,45 +75,7 @@ _READ = {  # under each plot: how to read it
 }
 
 
-@dataclass
-class _Page:
-    """The HTML body under construction and the number of plots drawn in it."""
-
-    parts: list[str] = field(default_factory=list)
-    plots: int = 0
-
-    def heading(self, text: str, level: int = 2) -> None:
-        self.parts.append(f"<h{level}>{html.escape(text)}</h{level}>")
-
-    def text(self, text: str, cls: str = "how") -> None:
-        self.parts.append(f'<p class="{cls}">{html.escape(text)}</p>')
-
-    def note(self, text: str) -> None:
-        self.text(text, "note")
-
-    def plot(self, fig: go.Figure, how_to_read: str) -> None:
-        top = fig.layout.margin.t or 50
-        fig.update_layout(template="plotly_white", margin={"l": 60, "r": 20, "t": top, "b": 50})
-        self.plots += 1
-        config = {"displaylogo": False, "responsive": True}
-        div = fig.to_html(
-            full_html=False, include_plotlyjs=False, config=config, div_id=f"mixq-plot-{self.plots}"
-        )
-        self.parts.append(f'<div class="plot">{div}</div>')
-        self.text(how_to_read)
-
-    def html(self, title: str) -> str:
-        script = f'<script type="text/javascript">{get_plotlyjs()}</script>' if self.plots else ""
-        return (
-            f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f"<title>{html.escape(title)}</title><style>{_CSS}</style>{script}</head>\n"
-            f'<body data-mixq-plots="{self.plots}">\n<h1>{html.escape(title)}</h1>\n'
-            + "\n".join(self.parts)
-            + "\n</body></html>\n"
-        )
-
-
-def write_report(path: str | Path, qa: QuantAnalysis, title: str = "mixq analysis") -> Path:
+def write_report(path: str | Path, qa: Analysis, title: str = "mixq analysis") -> Path:
     """Write the analyses of ``qa`` as one HTML page that needs no network to open.
 
     Sections: summary; per-op SQNR (accumulated and isolated); sensitivity bars;
@@ -130,7 +90,7 @@ def write_report(path: str | Path, qa: QuantAnalysis, title: str = "mixq analysi
     Returns:
         ``path`` as a `Path`.
     """
-    page = _Page()
+    page = Page()
     runs = _bad_case_runs(qa)
     _summary(page, qa)
     _sqnr_section(page, qa.tables)
@@ -143,7 +103,7 @@ def write_report(path: str | Path, qa: QuantAnalysis, title: str = "mixq analysi
     return out
 
 
-def _bad_case_runs(qa: QuantAnalysis) -> tuple[Run, Run] | None:
+def _bad_case_runs(qa: Analysis) -> tuple[Run, Run] | None:
     """(float run, quantized run) on the worst sample, or None without a bad case."""
     if qa.bad is None:
         return None
@@ -152,7 +112,7 @@ def _bad_case_runs(qa: QuantAnalysis) -> tuple[Run, Run] | None:
 
 
 # -- summary ---------------------------------------------------------------------------------
-def _summary(page: _Page, qa: QuantAnalysis) -> None:
+def _summary(page: Page, qa: Analysis) -> None:
     sim, bad = qa.sim, qa.bad
     kinds = Counter(p.kind for p in sim.points)
     weights = Counter(p.precision for p in sim.points if p.kind == "weight")
@@ -166,18 +126,9 @@ def _summary(page: _Page, qa: QuantAnalysis) -> None:
     ]
     rows = [{"item": k, "value": v} for k, v in items]
     page.heading("Summary")
-    page.parts.append(_html_table(Table(rows), header=False))
+    page.parts.append(html_table(Table(rows), header=False))
     if qa.bad is None:
         page.note("No bad case: run qa.find_bad_cases(data) for the range and histogram plots.")
-
-
-# -- plots -----------------------------------------------------------------------------------
-def _finite(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
-
-
-def _esc(value: Any) -> str:
-    return html.escape(str(value))
 
 
 def _hbars(fig: go.Figure, y: list[str], x: Any, hover: list[str], **style: Any) -> None:
@@ -190,7 +141,7 @@ def _rows_axis(names: list[str]) -> dict[str, Any]:
     return {"autorange": "reversed", "categoryorder": "array", "categoryarray": names}
 
 
-def _sqnr_section(page: _Page, tables: dict[str, Table]) -> None:
+def _sqnr_section(page: Page, tables: dict[str, Table]) -> None:
     page.heading("SQNR along the network")
     views = [v for v in ("accumulated", "isolated") if f"compare_{v}" in tables]
     if not views:
@@ -199,9 +150,9 @@ def _sqnr_section(page: _Page, tables: dict[str, Table]) -> None:
     fig = go.Figure()
     for view, color in zip(views, (_BLUE, _ORANGE), strict=False):
         rows = tables[f"compare_{view}"].rows
-        y = [_finite(r["sqnr"]) for r in rows]
-        hover = [f"{_esc(r['op'])}<br>{r['kind']}, {r['precision']}" for r in rows]
-        hover = [f"{h}<br>cosine {_cell(r['cosine'])}" for h, r in zip(hover, rows, strict=True)]
+        y = [finite(r["sqnr"]) for r in rows]
+        hover = [f"{esc(r['op'])}<br>{r['kind']}, {r['precision']}" for r in rows]
+        hover = [f"{h}<br>cosine {cell(r['cosine'])}" for h, r in zip(hover, rows, strict=True)]
         template = "%{hovertext}<br>SQNR %{y:.1f} dB"
         style = {"mode": "lines+markers", "line_color": color, "hovertemplate": template}
         fig.add_scatter(y=y, name=view, hovertext=hover, **style)
@@ -210,7 +161,7 @@ def _sqnr_section(page: _Page, tables: dict[str, Table]) -> None:
     page.plot(fig, _READ["sqnr"])
 
 
-def _sensitivity_section(page: _Page, tables: dict[str, Table]) -> None:
+def _sensitivity_section(page: Page, tables: dict[str, Table]) -> None:
     page.heading("Sensitivity")
     keys = [k for k in tables if k.startswith("sensitivity_")]
     if not keys:
@@ -221,7 +172,7 @@ def _sensitivity_section(page: _Page, tables: dict[str, Table]) -> None:
         for kind, color in (("activation", _BLUE), ("weight", _ORANGE)):
             mine = [r for r in rows if r["kind"] == kind]
             hover = [
-                f"#{r['rank']} {_esc(r['quantizer'])} ({r['precision']})<br>"
+                f"#{r['rank']} {esc(r['quantizer'])} ({r['precision']})<br>"
                 f"{r['metric']} {r['score']:.4g}"
                 for r in mine
             ]
@@ -265,11 +216,11 @@ class _Range:
     @property
     def hover(self) -> str:
         (dlo, dhi), (glo, ghi) = self.data, self.grid
-        name = f"{_esc(self.name)} ({self.precision})"
+        name = f"{esc(self.name)} ({self.precision})"
         return f"{name}<br>data [{dlo:.4g}, {dhi:.4g}]<br>grid [{glo:.4g}, {ghi:.4g}]"
 
 
-def _ranges(qa: QuantAnalysis, float_run: Run) -> list[_Range]:
+def _ranges(qa: Analysis, float_run: Run) -> list[_Range]:
     """Integer activation quantizers: the grid and the float range of their tensor."""
     sim, encodings, out = qa.sim, qa.sim.encodings(), []
     for p in sim.points:
@@ -286,7 +237,7 @@ def _ranges(qa: QuantAnalysis, float_run: Run) -> list[_Range]:
     return out
 
 
-def _ranges_section(page: _Page, qa: QuantAnalysis, runs: tuple[Run, Run] | None) -> None:
+def _ranges_section(page: Page, qa: Analysis, runs: tuple[Run, Run] | None) -> None:
     page.heading("Calibration ranges")
     ranges = _ranges(qa, runs[0]) if runs is not None else []
     if not ranges:
@@ -328,7 +279,7 @@ def _sample(values: torch.Tensor, index: torch.Tensor | None) -> np.ndarray:
     return (flat if index is None else flat[index]).numpy()
 
 
-def _histogram_section(page: _Page, qa: QuantAnalysis, runs: tuple[Run, Run] | None) -> None:
+def _histogram_section(page: Page, qa: Analysis, runs: tuple[Run, Run] | None) -> None:
     page.heading("Worst tensors on the bad case")
     if runs is None or "compare_accumulated" not in qa.tables:
         page.note(
@@ -336,13 +287,13 @@ def _histogram_section(page: _Page, qa: QuantAnalysis, runs: tuple[Run, Run] | N
             'qa.compare_layers(view="accumulated").'
         )
         return
-    rows = [r for r in qa.tables["compare_accumulated"].rows if _finite(r["sqnr"]) is not None]
+    rows = [r for r in qa.tables["compare_accumulated"].rows if finite(r["sqnr"]) is not None]
     worst = sorted(rows, key=lambda r: r["sqnr"])[:WORST_OPS]
     if not worst:
         page.note("Every op matches float exactly: nothing to show.")
         return
     cols, gen = min(2, len(worst)), torch.Generator().manual_seed(0)
-    titles = [f"{_esc(r['op'])} ({r['sqnr']:.1f} dB)" for r in worst]
+    titles = [f"{esc(r['op'])} ({r['sqnr']:.1f} dB)" for r in worst]
     fig = make_subplots(rows=math.ceil(len(worst) / cols), cols=cols, subplot_titles=titles)
     for i, row in enumerate(worst):
         tensor = qa.sim.graph.float_outputs(qa.sim.graph.ops[row["op"]])[0]
@@ -363,47 +314,16 @@ def _histogram_section(page: _Page, qa: QuantAnalysis, runs: tuple[Run, Run] | N
     page.plot(fig, _READ["histograms"].format(n=len(worst), max=MAX_VALUES))
 
 
-# -- tables ----------------------------------------------------------------------------------
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, (list, tuple)):
-        return ",".join(_cell(v) for v in value)
-    if isinstance(value, dict):
-        return " ".join(f"{k}={_cell(v)}" for k, v in value.items())
-    return "-" if value is None else str(value)
-
-
-def _html_table(table: Table, header: bool = True) -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
-    body = "".join(
-        "<tr>"
-        + "".join(f"<td>{html.escape(_cell(r.get(c)))}</td>" for c in table.columns)
-        + "</tr>"
-        for r in table.rows
-    )
-    thead = f"<thead><tr>{head}</tr></thead>" if header else ""
-    return f'<div class="scroll"><table>{thead}<tbody>{body}</tbody></table></div>'
-
-
-def _details(key: str, table: Table, open_: bool = False) -> str:
-    label = html.escape(f"{table.title or key} ({len(table.rows)} rows)")
-    return (
-        f'<details{" open" if open_ else ""} id="table-{html.escape(key)}">'
-        f"<summary>{label}</summary>{_html_table(table)}</details>"
-    )
-
-
-def _tables_section(page: _Page, qa: QuantAnalysis) -> None:
+def _tables_section(page: Page, qa: Analysis) -> None:
     page.heading("Tables")
     page.text("Numbers rounded to 4 significant digits; click a title to open a table.")
-    page.parts.append(_details("plan", qa.sim.plan.table()))
+    page.parts.append(details("plan", qa.sim.plan.table()))
     missing: dict[str, list[str]] = {}
     for key, how in _TABLES.items():
         if key in qa.tables:
-            page.parts.append(_details(key, qa.tables[key], open_=key == "advice"))
+            page.parts.append(details(key, qa.tables[key], open_=key == "advice"))
         else:
             missing.setdefault(how, []).append(key)
-    page.parts += [_details(k, t) for k, t in qa.tables.items() if k not in _TABLES]
+    page.parts += [details(k, t) for k, t in qa.tables.items() if k not in _TABLES]
     for how, keys in missing.items():
         page.note(f"Not run: {', '.join(keys)} (run qa.{how}).")

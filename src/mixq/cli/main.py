@@ -29,7 +29,7 @@ def load_model(spec: str) -> tuple[Any, Any]:
     """``package.module:factory`` -> the factory's ``(model, example_inputs)``; an ``.onnx``
     path gives the path and random inputs of its declared shapes."""
     if spec.endswith(".onnx"):
-        from mixq.onnx import capture, random_inputs
+        from mixq.sim.onnx import capture, random_inputs
 
         return spec, random_inputs(capture(spec)[0])
     if ":" not in spec:
@@ -48,7 +48,7 @@ def demo(
     epochs: Annotated[int, typer.Option(help="training epochs")] = 20,
 ) -> None:
     """Train a small CNN on scikit-learn's digits and compare fp32 ... int4 side by side."""
-    from mixq.demo import run_demo
+    from mixq.cli.demo import run_demo
 
     table = run_demo(out, epochs=epochs)
     console.print(table.to_text())
@@ -85,7 +85,7 @@ def _model_and_data(
     model: str, config: str, data: Path | None, batch_size: int, strict: bool
 ) -> tuple[Any, list[Any]]:
     import mixq
-    from mixq.data import load_batches
+    from mixq.cli.inputs import load_batches
 
     net, inputs = load_model(model)
     batches = load_batches(data, batch_size) if data is not None else [inputs]
@@ -110,7 +110,7 @@ def calibrate(
 ) -> None:
     """Calibrate (or load a profile) and write the plan, the encodings and optionally a profile."""
     import mixq
-    from mixq.data import load_batches
+    from mixq.cli.inputs import load_batches
 
     net, inputs = load_model(model)
     sim = mixq.quantize(net, inputs, config)
@@ -240,11 +240,11 @@ def search(
 ) -> None:
     """Search per-op precisions for the cheapest plan meeting --target; exit 3 if missed."""
     import mixq
-    from mixq.data import load_batches, load_labels
+    from mixq.cli.inputs import load_batches, load_labels
 
     goal, options = _parse_target(target), _parse_candidates(candidates)
     limits = _parse_budget(budget) if budget is not None else None
-    from mixq.search import STRATEGIES
+    from mixq.search.registry import STRATEGIES
 
     if strategy is not None and strategy not in STRATEGIES:
         raise typer.BadParameter(f"unknown strategy {strategy!r}: use {', '.join(STRATEGIES)}")
@@ -354,7 +354,7 @@ def convert(
 
 def main() -> None:
     """Entry point: user errors print their message (no traceback) and exit with status 2."""
-    from mixq.errors import MixqError
+    from mixq.core.errors import MixqError
 
     try:
         app()

@@ -25,11 +25,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from mixq.onnx.rewrite import fresh_name
+from mixq.export.onnx_edit import FLOAT_TYPES, cast_target
+from mixq.sim.onnx.rewrite import fresh_name
 
 __all__ = ["IO_TYPES", "float_io", "io_precisions", "ort_session"]
 
-IO_TYPES = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
+IO_TYPES = FLOAT_TYPES
 _SHAPE_ONLY = frozenset({"Shape", "Size"})
 _BF16 = TensorProto.BFLOAT16
 
@@ -47,12 +48,6 @@ def io_precisions(graph: Any, plan: Any) -> tuple[dict[str, str], dict[str, str]
         elif t in plan.inputs:
             outputs[t] = plan.inputs[t]
     return inputs, outputs
-
-
-def _cast_to(node: onnx.NodeProto) -> int | None:
-    if node.op_type != "Cast":
-        return None
-    return next((a.i for a in node.attribute if a.name == "to"), None)
 
 
 class _Retyper:
@@ -110,7 +105,7 @@ class _Retyper:
             if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type:
                 types[v.name] = v.type.tensor_type.elem_type
         for node in self.g.node:
-            to = _cast_to(node)
+            to = cast_target(node)
             if to is not None:
                 types[node.output[0]] = to
         return types
@@ -120,11 +115,11 @@ class _Retyper:
         outputs = {v.name for v in self.g.output}
         fixed = {v.name for v in self.g.input} | {i.name for i in self.g.initializer}
         for node in self.g.node:
-            to = _cast_to(node)
+            to = cast_target(node)
             if to is None or to not in IO_TYPES.values():
                 continue
             up = producer.get(node.input[0])
-            if up is None or _cast_to(up) != TensorProto.FLOAT:
+            if up is None or cast_target(up) != TensorProto.FLOAT:
                 continue
             source = up.input[0]
             if self.types.get(source) != to:

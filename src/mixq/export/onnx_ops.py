@@ -20,24 +20,14 @@ import torch
 from onnxscript import opset21
 from torch.library import custom_op
 
-from mixq import primitives as P
+from mixq.core import primitives as P
+from mixq.sim.onnx.rewrite import ONNX_TYPES
 
 __all__ = ["ONNX_DTYPES", "TRANSLATIONS"]
 
 op: Any = opset21  # onnxscript's typed opset is too strict for mypy with dynamic dtypes
 
-ONNX_DTYPES = {
-    "int4": onnx.TensorProto.INT4,
-    "uint4": onnx.TensorProto.UINT4,
-    "int8": onnx.TensorProto.INT8,
-    "uint8": onnx.TensorProto.UINT8,
-    "int16": onnx.TensorProto.INT16,
-    "uint16": onnx.TensorProto.UINT16,
-    "fp16": onnx.TensorProto.FLOAT16,
-    "bf16": onnx.TensorProto.BFLOAT16,
-    "fp8_e4m3": onnx.TensorProto.FLOAT8E4M3FN,
-    "fp8_e5m2": onnx.TensorProto.FLOAT8E5M2,
-}
+ONNX_DTYPES = ONNX_TYPES  # mixq precision -> ONNX element type, as the ONNX Sim uses
 
 
 @custom_op("mixq::qdq", mutates_args=())
@@ -69,14 +59,8 @@ def dq(
 
 
 @dq.register_fake
-def _dq_fake(
-    q: torch.Tensor,
-    scale: torch.Tensor,
-    zero_point: torch.Tensor,
-    dtype: str,
-    axis: int,
-    block_size: int,
-) -> torch.Tensor:
+def _dq_fake(q: torch.Tensor, *qparams: Any) -> torch.Tensor:
+    # the output's shape is the integers' shape; scale, zero point and layout do not matter
     return torch.empty(q.shape, dtype=torch.float32, device=q.device)
 
 

@@ -34,10 +34,10 @@ from dataclasses import dataclass
 from mixq.graph.ir import Graph, Op
 from mixq.graph.kinds import FUSABLE_ACTIVATIONS
 
-__all__ = ["FusionGroup", "find_fusion_groups", "target_fusion_groups"]
+__all__ = ["FusionGroup", "find_fusion_groups"]
 
 _ANCHORS = frozenset({"conv", "conv_transpose", "linear"})
-_IDENTITY = frozenset({"dropout", "identity", "contiguous", "clone", "alias", "detach"})
+IDENTITY_KINDS = frozenset({"dropout", "identity", "contiguous", "clone", "alias", "detach"})
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class FusionGroup:
         return self.ops[0]
 
 
-def _stages(kind: str, fuse_add: bool = True) -> list[frozenset[str]]:
+def fusion_stages(kind: str, fuse_add: bool = True) -> list[frozenset[str]]:
     if kind in _ANCHORS:
         add = [frozenset({"add"})] if fuse_add else []
         return [frozenset({"batch_norm"}), *add, FUSABLE_ACTIVATIONS]
@@ -69,7 +69,7 @@ def _next_op(graph: Graph, tensor: str) -> tuple[list[str], Op | None]:
         if len(consumers) != 1 or tensor in graph.outputs:
             return skipped, None
         op = consumers[0]
-        if op.kind not in _IDENTITY or len(op.outputs) != 1:
+        if op.kind not in IDENTITY_KINDS or len(op.outputs) != 1:
             return skipped, op
         skipped.append(op.name)
         tensor = op.outputs[0]
@@ -77,7 +77,7 @@ def _next_op(graph: Graph, tensor: str) -> tuple[list[str], Op | None]:
 
 def _grow(graph: Graph, start: Op, taken: set[str], fuse_add: bool) -> list[str]:
     members = [start.name]
-    for stage in _stages(start.kind, fuse_add):
+    for stage in fusion_stages(start.kind, fuse_add):
         tail = graph.ops[members[-1]]
         if len(tail.outputs) != 1:
             break
@@ -106,11 +106,3 @@ def find_fusion_groups(graph: Graph, fuse_add: bool = True) -> dict[str, FusionG
         for name in members:
             groups[name] = group
     return groups
-
-
-def target_fusion_groups(graph: Graph, target: str) -> dict[str, FusionGroup]:
-    """`find_fusion_groups` as deployment ``target`` fuses (a built-in name or a profile's
-    path; its ``fuse_residual_add`` decides): what every user of a Plan's groups calls."""
-    from mixq.targets import fuses_residual_add  # profiles sit beside the graph layer
-
-    return find_fusion_groups(graph, fuses_residual_add(target))

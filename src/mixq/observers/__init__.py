@@ -1,7 +1,7 @@
 """Observers: calibration statistics in, a quantization range out.
 
 An observer accumulates statistics with ``update(x)`` over calibration batches and turns them
-into ``(min_val, max_val)`` with ``compute_range()``; `mixq.primitives.choose_qparams` turns
+into ``(min_val, max_val)`` with ``compute_range()``; `mixq.core.primitives.choose_qparams` turns
 that range into a scale and zero point. Observers take the target ``dtype`` and ``symmetric``
 flag because the best range depends on the grid it will be quantized to.
 
@@ -32,7 +32,7 @@ from mixq.observers.histogram import (
     PercentileObserver,
     histogram_mse,
 )
-from mixq.observers.search import KLObserver, MixObserver, SQNRObserver
+from mixq.observers.range_search import KLObserver, MixObserver, SQNRObserver
 
 __all__ = [
     "OBSERVERS",

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from mixq.qtypes import QType, qtype
+from mixq.core.qtypes import QType, qtype
 
 __all__ = [
     "OBSERVERS",
@@ -51,7 +51,7 @@ def register_observer(name: str) -> Callable[[type[Observer]], type[Observer]]:
     return decorator
 
 
-def _canonical(name: str) -> str:
+def canonical_name(name: str) -> str:
     key = name.strip().lower()
     return _ALIASES.get(key, key)
 
@@ -67,7 +67,7 @@ def make_observer(name: str, **kwargs: Any) -> Observer:
     Raises:
         ValueError: the name is unknown (the message lists the valid names) or an option is.
     """
-    key = _canonical(name)
+    key = canonical_name(name)
     if key not in OBSERVERS:
         valid = ", ".join(sorted([*OBSERVERS, *_ALIASES]))
         raise ValueError(f"unknown observer {name!r}; valid observers are: {valid}")

@@ -8,20 +8,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from mixq import primitives as P
+from mixq.core import primitives as P
+from mixq.core.qtypes import QType, qtype
 from mixq.observers.base import Observer, Pair, Range, register_observer
-from mixq.qtypes import QType, qtype
 
 __all__ = ["HistogramObserver", "MSEObserver", "PercentileObserver", "histogram_mse"]
 
 _MIN_WIDTH = 1e-30  # a histogram of nothing but zeros still needs a width
 
 
-def _numpy(hist: torch.Tensor) -> np.ndarray:
+def as_numpy(hist: torch.Tensor) -> np.ndarray:
     return hist.detach().cpu().double().numpy()
 
 
-def _cdf(hist: np.ndarray, lo: float, hi: float, x: np.ndarray) -> np.ndarray:
+def histogram_cdf(hist: np.ndarray, lo: float, hi: float, x: np.ndarray) -> np.ndarray:
     """Counts at or below ``x``, each bin's count spread evenly over its width."""
     edges = np.linspace(lo, hi, hist.size + 1)
     return np.interp(x, edges, np.concatenate([[0.0], np.cumsum(hist)]))
@@ -30,10 +30,12 @@ def _cdf(hist: np.ndarray, lo: float, hi: float, x: np.ndarray) -> np.ndarray:
 def _rebin(hist: torch.Tensor, lo: float, hi: float, new_lo: float, new_hi: float) -> torch.Tensor:
     """The histogram over ``[lo, hi]`` re-binned onto ``[new_lo, new_hi]`` (which covers it)."""
     new_edges = np.linspace(new_lo, new_hi, hist.numel() + 1)
-    return torch.from_numpy(np.diff(_cdf(_numpy(hist), lo, hi, new_edges)))
+    return torch.from_numpy(np.diff(histogram_cdf(as_numpy(hist), lo, hi, new_edges)))
 
 
-def _grid(min_vals: Any, max_vals: Any, t: QType, symmetric: bool) -> tuple[np.ndarray, ...]:
+def histogram_grid(
+    min_vals: Any, max_vals: Any, t: QType, symmetric: bool
+) -> tuple[np.ndarray, ...]:
     """Scale, zero point and the grid's two ends for each candidate range, as (K, 1) arrays."""
     lows, highs = torch.as_tensor(min_vals), torch.as_tensor(max_vals)
     scale, zero_point = P.choose_qparams(lows, highs, t, symmetric)
@@ -81,9 +83,9 @@ def histogram_mse(
         >>> bool(err[0] < err[1])  # clipping half the data costs more than rounding
         True
     """
-    h = _numpy(hist)
+    h = as_numpy(hist)
     width, filled = (hi - lo) / h.size, np.flatnonzero(h)  # empty bins cost nothing
-    left, grid = lo + filled * width, _grid(min_vals, max_vals, qtype(dtype), symmetric)
+    left, grid = lo + filled * width, histogram_grid(min_vals, max_vals, qtype(dtype), symmetric)
     per_bin = (_error_integral(left + width, *grid) - _error_integral(left, *grid)) / width
     return torch.from_numpy(per_bin @ h[filled] / h.sum())
 
@@ -150,7 +152,7 @@ class PercentileObserver(HistogramObserver):
         super().__init__(*args, **kwargs)
 
     def range_from_histogram(self, hist: torch.Tensor, lo: float, hi: float) -> Range:
-        h = _numpy(hist)
+        h = as_numpy(hist)
         edges = np.linspace(lo, hi, h.size + 1)
         fraction = np.concatenate([[0.0], np.cumsum(h)]) / h.sum()
         tail = (100.0 - self.percentile) / 100.0

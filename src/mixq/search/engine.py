@@ -17,27 +17,28 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mixq.analysis.metrics import float_leaves, get_metric
-from mixq.errors import CalibrationError, ConfigError
-from mixq.graph.cost import PlanCost, plan_cost
-from mixq.graph.resolve import Resolution
-from mixq.plan import Plan
+from mixq.core.errors import CalibrationError, ConfigError
+from mixq.core.records import Record
+from mixq.plan.cost import PlanCost, plan_cost
+from mixq.plan.plan import Plan
+from mixq.search.sims import SimFactory
 from mixq.search.space import Candidate, SearchSpace
-from mixq.torch.capture import split_inputs
+from mixq.sim.protocol import SimLike
+from mixq.sim.torch.capture import split_inputs
 
-__all__ = ["Evaluator", "Exhausted", "Point", "SimFactory", "Target", "Trials"]
+__all__ = ["Evaluator", "Exhausted", "Point", "Target", "Trials"]
 
 
 class Exhausted(Exception):
@@ -119,7 +120,7 @@ class Evaluator:
             self.higher_is_better = True
         self._refs: torch.Tensor | None = None
 
-    def _outputs(self, sim: Any) -> list[list[torch.Tensor]]:
+    def _outputs(self, sim: SimLike) -> list[list[torch.Tensor]]:
         with torch.no_grad():
             out = []
             for batch in self.data:
@@ -127,7 +128,7 @@ class Evaluator:
                 out.append(float_leaves(sim(*args, **kwargs)))
             return out
 
-    def __call__(self, sim: Any) -> float:
+    def __call__(self, sim: SimLike) -> float:
         if self.fn is not None:
             return float(self.fn(sim))
         outs = self._outputs(sim)
@@ -142,7 +143,7 @@ class Evaluator:
         flat = torch.cat([t.reshape(-1).double() for o in outs for t in o])
         return float(self.metric(self._refs, flat))
 
-    def baseline(self, sim: Any) -> float:
+    def baseline(self, sim: SimLike) -> float:
         """The float model's score (all quantizers off); remembers its outputs."""
         with sim.disabled():
             if self.fn is None:
@@ -152,7 +153,7 @@ class Evaluator:
 
 
 @dataclass
-class Point:
+class Point(Record):
     """One evaluated plan."""
 
     key: str
@@ -162,96 +163,7 @@ class Point:
     cost: dict[str, float]
     met: bool
     seconds: float = 0.0
-    reused: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("reused")
-        return d
-
-
-class SimFactory:
-    """Captures the model once; builds a calibrated Sim per Plan, ranges cached."""
-
-    def __init__(self, model: Any, example_inputs: Any, calib: list[Any]) -> None:
-        self.calib, self.example_inputs = calib, example_inputs
-        self.ranges: dict[tuple[Any, ...], tuple[float, float]] = {}
-        self._ancestors: dict[str, list[str]] = {}
-        if isinstance(model, (str, Path)) or type(model).__name__ == "ModelProto":
-            from mixq.onnx.capture import capture as capture_onnx
-
-            self.graph, self._proto = capture_onnx(model)
-            self._captured = None
-        else:
-            from mixq.torch.capture import capture
-
-            self._captured = capture(model, example_inputs)
-            self.graph = self._captured.graph
-
-    def build(self, plan: Plan) -> Any:
-        """An uncalibrated Sim of ``plan``."""
-        resolution = Resolution(plan)
-        if self._captured is None:
-            from mixq.onnx.sim import OnnxSim
-
-            return OnnxSim(self._proto, self.graph, resolution, self.example_inputs)
-        from mixq.torch.sim import Sim
-
-        return Sim(_copy_captured(self._captured), resolution)
-
-    def sim(self, plan: Plan) -> Any:
-        """A Sim of ``plan`` with every activation range set, calibrating only when a
-        range has not been seen. Calibration runs with the weights quantized, so a range
-        is keyed by its tensor, its precision and the precisions of every weight upstream."""
-        sim = self.build(plan)
-        acts = [
-            q
-            for q in sim._quantizers.values()
-            if q.point.kind == "activation" and not q.qtype.is_floating_point
-            and q.fixed_range is None
-        ]  # fmt: skip
-        weights = {p.op: (p.name, p.precision) for p in sim.points if p.kind == "weight"}
-        keys = {q.name: self._key(q.point, weights) for q in acts}
-        if any(k not in self.ranges for k in keys.values()):
-            sim.calibrate(self.calib, progress=False)
-            self.ranges.update({keys[q.name]: q.range for q in acts if q.range is not None})
-            return sim
-        for q in acts:
-            q.load_range(*self.ranges[keys[q.name]])
-        return sim
-
-    def _key(self, point: Any, weights: dict[str | None, tuple[str, str]]) -> tuple[Any, ...]:
-        upstream = self._upstream(point.target)
-        return (point.target, point.precision, tuple(weights[o] for o in upstream if o in weights))
-
-    def _upstream(self, tensor: str) -> list[str]:
-        """Every op ``tensor`` depends on, in graph order (cached)."""
-        if tensor not in self._ancestors:
-            seen: set[str] = set()
-            stack = [tensor]
-            while stack:
-                producer = self.graph.tensors[stack.pop()].producer
-                if producer is not None and producer not in seen:
-                    seen.add(producer)
-                    stack.extend(self.graph.ops[producer].inputs)
-            self._ancestors[tensor] = [op for op in self.graph.ops if op in seen]
-        return self._ancestors[tensor]
-
-
-def _copy_captured(captured: Any) -> Any:
-    """A copy for one more Sim: the module deep-copied (fx copies its graph, sharing node
-    metadata), the node maps re-pointed by node name, the Graph shared (read only)."""
-    from mixq.torch.capture import Captured
-
-    module = copy.deepcopy(captured.module)
-    nodes = {n.name: n for n in module.graph.nodes}
-    return Captured(
-        module,
-        captured.graph,
-        {t: nodes[n.name] for t, n in captured.tensor_nodes.items()},
-        {o: nodes[n.name] for o, n in captured.op_nodes.items()},
-        captured.example_inputs,
-    )
+    reused: bool = field(default=False, metadata={"plain": False})  # from the history
 
 
 @dataclass

@@ -32,11 +32,11 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import lil_matrix
 
-from mixq.errors import ConfigError
-from mixq.graph.cost import OpStats, op_cost
+from mixq.core.errors import ConfigError
+from mixq.core.qtypes import qtype
 from mixq.graph.kinds import is_data_movement
 from mixq.graph.match import match_ops
-from mixq.qtypes import qtype
+from mixq.plan.cost import OpStats, op_cost
 from mixq.search.engine import Trials
 from mixq.search.sensitivity import unit_errors
 from mixq.search.space import Candidate, SearchSpace

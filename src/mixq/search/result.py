@@ -15,11 +15,11 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from mixq.analysis.report import _html_table, _Page
-from mixq.plan import Plan
+from mixq.analysis.html import Page, html_table
+from mixq.core.table import Table
+from mixq.plan.plan import Plan
 from mixq.search.engine import Point, Trials
 from mixq.search.space import parse_candidates
-from mixq.table import Table
 
 __all__ = ["SearchResult", "pareto_front", "write_search_report"]
 
@@ -195,16 +195,16 @@ def _json_default(value: Any) -> Any:
 def write_search_report(result: SearchResult, path: str | Path) -> Path:
     """search.html: the cost / score plane with the front, the chosen point and the uniform
     anchors; the per-op precision map; the points and the log."""
-    page = _Page()
+    page = Page()
     page.text(result.summary().replace("\n", " | "), "note")
     page.heading("Cost and score of every plan evaluated")
     page.plot(_front_figure(result), _READ_FRONT.format(key=result.cost_key))
     page.heading("Precision per op of the chosen plan")
     page.plot(_map_figure(result), _READ_MAP)
     page.heading("Points")
-    page.parts.append(_html_table(result.table()))
+    page.parts.append(html_table(result.table()))
     page.heading("Chosen plan")
-    page.parts.append(_html_table(result.plan.table()))
+    page.parts.append(html_table(result.plan.table()))
     page.heading("Log")
     page.parts.append("<pre>" + html.escape("\n".join(result.log)) + "</pre>")
     out = Path(path)

@@ -20,10 +20,11 @@ from typing import Any
 
 import torch
 
-from mixq.analysis.runner import make_runner
-from mixq.progress import progress_bar
+from mixq.core.progress import progress_bar
 from mixq.search.engine import Trials
 from mixq.search.space import Candidate, SearchSpace, Unit
+from mixq.sim.protocol import SimLike
+from mixq.sim.torch.runner import make_runner
 
 __all__ = ["harm_in_context", "nmse", "own_quantizers", "unit_errors"]
 
@@ -34,7 +35,7 @@ def nmse(ref: torch.Tensor, out: torch.Tensor) -> float:
     return float(((ref - out) ** 2).sum() / (ref**2).sum().clamp_min(1e-30))
 
 
-def own_quantizers(sim: Any, unit: Unit) -> list[str]:
+def own_quantizers(sim: SimLike, unit: Unit) -> list[str]:
     """The quantizers a unit's choice decides: its ops' outputs and weights (a model
     input's own quantizer for an input unit)."""
     if unit.input is not None:

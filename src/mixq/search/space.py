@@ -27,15 +27,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from mixq.errors import ConfigError
-from mixq.graph.cost import OpStats, op_cost
+from mixq.core.errors import ConfigError
+from mixq.core.qtypes import qtype
 from mixq.graph.fusion import find_fusion_groups
 from mixq.graph.ir import Graph
 from mixq.graph.kinds import is_data_movement
 from mixq.graph.match import match_ops
-from mixq.graph.resolve import aliases, tensor_precisions
-from mixq.plan import OpPlan, Plan
-from mixq.qtypes import qtype
+from mixq.plan.cost import OpStats, op_cost
+from mixq.plan.plan import OpPlan, Plan
+from mixq.plan.tensors import aliases, tensor_precisions
 from mixq.targets import TargetProfile, load_target
 
 __all__ = ["Candidate", "SearchSpace", "Unit", "parse_candidates"]

@@ -6,8 +6,8 @@ a strategy stopped half-way still leaves everything it found. The integer progra
 `mixq.search.milp`.
 
 Example:
-    >>> STRATEGIES["ratio"].__name__
-    'ratio_search'
+    >>> raise_one.__name__, fallback_search.__name__
+    ('raise_one', 'fallback_search')
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from mixq.search.engine import Point, Trials
 from mixq.search.sensitivity import harm_in_context, unit_errors
 from mixq.search.space import Candidate, Unit
 
-__all__ = ["STRATEGIES", "fallback_search", "pareto_search", "raise_one", "ratio_search"]
+__all__ = ["fallback_search", "pareto_search", "raise_one", "ratio_search"]
 
 Assignment = dict[str, Candidate]
 
@@ -227,17 +227,3 @@ def _spread(costs: list[float], count: int) -> set[int]:
 
 def _even(length: int, count: int) -> list[int]:
     return sorted({round(k * (length - 1) / max(count - 1, 1)) for k in range(count)})
-
-
-def _milp(trials: Trials, batch: Any, **kwargs: Any) -> None:
-    from mixq.search.milp import budget_search
-
-    budget_search(trials, batch, **kwargs)
-
-
-STRATEGIES: dict[str, Callable[..., None]] = {
-    "ratio": ratio_search,
-    "fallback": fallback_search,
-    "pareto": pareto_search,
-    "budget": _milp,
-}

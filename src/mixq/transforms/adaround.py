@@ -34,7 +34,7 @@ from contextlib import contextmanager
 
 import torch
 
-from mixq.progress import progress_bar
+from mixq.core.progress import progress_bar
 from mixq.transforms.base import TransformContext, TransformRecord, register_transform
 from mixq.transforms.stats import has_rows, record_inputs, run_batches
 from mixq.transforms.weights import Grid, float_weight, quantized_layers, weight_grid

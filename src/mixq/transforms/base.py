@@ -30,10 +30,10 @@ from typing import Any
 
 from torch import nn
 
-from mixq.errors import ConfigError
+from mixq.core.errors import ConfigError
+from mixq.core.table import Table
+from mixq.core.validation import check_keys
 from mixq.graph.ir import Graph
-from mixq.rules import check_keys
-from mixq.table import Table
 
 __all__ = [
     "STAGES",

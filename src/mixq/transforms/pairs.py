@@ -13,7 +13,7 @@ pair whose outputs moved by more than the float tolerance (a channel mapping it 
 
 Example:
     >>> import torch
-    >>> from mixq.torch.capture import capture
+    >>> from mixq.sim.torch.capture import capture
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     >>> graph = capture(model, (torch.randn(3, 4),)).graph
     >>> [(p.producer, p.scaled, p.consumers) for p in find_pairs(graph, model)]

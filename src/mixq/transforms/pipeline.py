@@ -33,12 +33,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from mixq.config import Config
-from mixq.errors import CalibrationError, ConfigError
+from mixq.core.errors import CalibrationError, ConfigError
 from mixq.graph.ir import Graph
-from mixq.graph.resolve import Resolution
-from mixq.plan import Plan
-from mixq.torch.capture import Captured, capture
+from mixq.plan.plan import Plan
+from mixq.rules.config import Config
+from mixq.rules.resolve import Resolution
+from mixq.sim.torch.capture import Captured, capture
 from mixq.transforms.base import Transform, TransformContext, TransformRecord, parse_specs
 from mixq.transforms.pairs import max_relative_error
 from mixq.transforms.stats import run_batches
@@ -145,7 +145,7 @@ def quantize_with_transforms(
     calib: Any = None,
 ) -> Any:
     """What `mixq.quantize` runs when transforms are asked for; returns the Sim."""
-    from mixq.torch.sim import Sim
+    from mixq.sim.torch.sim import Sim
 
     parsed = parse_specs(transforms)
     batches = _batches(calib, example_inputs)

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mixq import primitives as P
+from mixq.core import primitives as P
 from mixq.transforms.base import TransformContext, TransformRecord, register_transform
 from mixq.transforms.pairs import ScalePair, find_pairs, module_weight, verify_exact
 from mixq.transforms.stats import record_inputs, run_batches

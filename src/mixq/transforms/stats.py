@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mixq.torch.capture import split_inputs
+from mixq.sim.torch.capture import split_inputs
 
 __all__ = ["InputStats", "has_rows", "layer_rows", "record_inputs", "run_batches"]
 

@@ -149,7 +149,7 @@ def weight_grid(sim: Any, layer: QuantizedLayer, weight: torch.Tensor | None = N
     args = sim.weight_args(layer.quantizer)
     q(*args)  # sets the scale and zero point from the current weight
     w = (args[0] if weight is None else weight).detach()
-    fold = q._fold_scale(w, *args[1:]) if len(args) > 1 else None
+    fold = q.fold_scale(w, *args[1:]) if len(args) > 1 else None
     wf = w * fold if fold is not None else w
     axis, block = q.point.axis, q.point.block_size
     return Grid(

@@ -25,7 +25,7 @@ float fp16. Per-block encodings (0.6.1) and fp8 points cannot be written: ValueE
 
 Example:
     >>> import json
-    >>> from mixq.encodings import Encoding, Encodings
+    >>> from mixq.plan.encodings import Encoding, Encodings
     >>> enc = Encodings({"x": Encoding("x", "x", "activation", "uint8", scale=[0.5],
     ...                                zero_point=[114], min=-57.0, max=70.5)})
     >>> entry = json.loads(Aimet061().dump(None, enc, None))["activation_encodings"]["x"]
@@ -41,19 +41,19 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from mixq.encodings import Encoding, Encodings
-from mixq.errors import ConfigError
-from mixq.export.formats._common import (
+from mixq.core.errors import ConfigError
+from mixq.core.qtypes import qtype
+from mixq.export.formats.common import (
     dump_json,
     float_island_tensors,
     load_json,
     split_point_name,
     try_json,
 )
-from mixq.export.formats._registry import VendorData, register_format
+from mixq.export.formats.registry import VendorData, register_format
 from mixq.graph.ir import Graph
-from mixq.plan import Plan
-from mixq.qtypes import qtype
+from mixq.plan.encodings import Encoding, Encodings
+from mixq.plan.plan import Plan
 
 __all__ = ["Aimet061", "Aimet100"]
 

@@ -1,6 +1,6 @@
 """Huawei Ascend ATC files: ``--keep_dtype``, ``--modify_mixlist``, ``--customize_dtypes``.
 
-The ATC syntax (and its validity rules) lives in `mixq.graph.ascend`; this module only maps
+The ATC syntax (and its validity rules) lives in `mixq.rules.ascend`; this module only maps
 between those files and a Plan.
 
 - ``ascend-keep-dtype``: the ops whose output is fp32, one per line; a kind with two or more
@@ -27,11 +27,14 @@ Example:
 
 from __future__ import annotations
 
-from mixq.encodings import Encodings
-from mixq.errors import ConfigError
-from mixq.export.formats._common import is_float, op_precision, try_json
-from mixq.export.formats._registry import VendorData, register_format
-from mixq.graph.ascend import (
+from mixq.core.errors import ConfigError
+from mixq.export.formats.common import is_float, op_precision, try_json
+from mixq.export.formats.registry import VendorData, register_format
+from mixq.graph.ir import Graph
+from mixq.graph.kinds import is_data_movement
+from mixq.plan.encodings import Encodings
+from mixq.plan.plan import Plan
+from mixq.rules.atc_files import (
     ASCEND_OP_TYPES,
     format_keep_dtype,
     format_modify_mixlist,
@@ -40,9 +43,6 @@ from mixq.graph.ascend import (
     parse_keep_dtype,
     parse_modify_mixlist,
 )
-from mixq.graph.ir import Graph
-from mixq.graph.kinds import is_data_movement
-from mixq.plan import Plan
 
 __all__ = ["ASCEND_DTYPES", "AscendCustomizeDtypes", "AscendKeepDtype", "AscendMixlist"]
 

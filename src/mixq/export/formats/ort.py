@@ -22,7 +22,7 @@ and a second conversion of one tensor cannot be written: ValueError naming the p
 
 Example:
     >>> import json
-    >>> from mixq.encodings import Encoding, Encodings
+    >>> from mixq.plan.encodings import Encoding, Encodings
     >>> enc = Encodings({"x": Encoding("x", "x", "activation", "uint8", scale=[0.5],
     ...                                zero_point=[128], symmetric=True)})
     >>> text = OrtOverrides().dump(Plan(), enc, Graph())
@@ -38,19 +38,13 @@ import re
 from collections import Counter
 from typing import Any
 
-from mixq.encodings import Encoding, Encodings
-from mixq.errors import ConfigError
-from mixq.export.formats._common import (
-    dump_json,
-    is_float,
-    load_json,
-    op_precision,
-    try_json,
-)
-from mixq.export.formats._registry import VendorData, register_format
+from mixq.core.errors import ConfigError
+from mixq.core.qtypes import qtype
+from mixq.export.formats.common import dump_json, is_float, load_json, op_precision, try_json
+from mixq.export.formats.registry import VendorData, register_format
 from mixq.graph.ir import Graph
-from mixq.plan import Plan
-from mixq.qtypes import qtype
+from mixq.plan.encodings import Encoding, Encodings
+from mixq.plan.plan import Plan
 
 __all__ = ["ONNX_OP_TYPES", "ORT_QUANT_TYPES", "OrtOverrides"]
 

@@ -13,7 +13,7 @@ not profiled. The hash is mixq's (SHA-256 of the graph's tensor names), not Glow
 qaic must load it with its hash check off; `read_profile` checks it against a graph.
 
 Example:
-    >>> from mixq.encodings import Encoding, Encodings
+    >>> from mixq.plan.encodings import Encoding, Encodings
     >>> enc = Encodings({"fc": Encoding("fc", "fc", "activation", "int8", scale=[0.1],
     ...                                 zero_point=[0], min=-1.5, max=2.25)})
     >>> text = format_profile(enc, {"fc": [0.0, 3.0, 1.0]})
@@ -30,12 +30,12 @@ from typing import Any
 
 import yaml
 
-from mixq.encodings import Encodings
-from mixq.errors import ConfigError
-from mixq.export.formats._common import is_float, op_precision
-from mixq.export.formats._registry import VendorData, atomic_write, register_format
+from mixq.core.errors import ConfigError
+from mixq.export.formats.common import is_float, op_precision
+from mixq.export.formats.registry import VendorData, atomic_write, register_format
 from mixq.graph.ir import Graph
-from mixq.plan import Plan
+from mixq.plan.encodings import Encodings
+from mixq.plan.plan import Plan
 
 __all__ = [
     "QaicNpi",

@@ -1,0 +1,199 @@
+"""What both ONNX exporters share: the options, the report, the atomic save and the tail.
+
+`mixq.export.qdq_torch` and `mixq.export.qdq_onnx` each turn their kind of Sim into an
+``onnx.ModelProto`` and a comparison function (SQNR of Sim vs ONNX Runtime per output);
+`finish_export` then checks the model, writes it, lists the 16-bit parts ORT only simulates
+and, with ``options.check``, runs the comparison (a node ORT cannot run is named, and the file
+removed).
+
+Example:
+    >>> options = ExportOptions(u8_weights=False)
+    >>> options.check, options.resolved_u8_weights()
+    (True, False)
+    >>> ExportReport(Path("m.onnx"), sqnr_db=[41.5, 38.0]).min_sqnr_db
+    38.0
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from mixq.core.errors import MixqError
+from mixq.sim.protocol import SimLike
+
+__all__ = [
+    "OPSET",
+    "U8_WEIGHTS_NOTE",
+    "ExportOptions",
+    "ExportReport",
+    "finish_export",
+    "has_vnni",
+    "lost_quantizers",
+    "save_model",
+]
+
+OPSET = 21
+U8_WEIGHTS_NOTE = (
+    "int8 weights stored as uint8 (zero point + 128, same grid) for ORT's CPU kernels without VNNI"
+)
+
+
+def has_vnni() -> bool:
+    """Whether this x86 CPU has VNNI (then ORT's u8 x s8 kernels do not saturate).
+
+    Example:
+        >>> isinstance(has_vnni(), bool)
+        True
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8")) or "avx2" not in flags
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """The options of `mixq.export.export_onnx` (see there), as one value.
+
+    Example:
+        >>> ExportOptions(float_islands=False).keep_io_types
+        True
+    """
+
+    check: bool = True
+    u8_weights: bool | None = None
+    float_islands: bool = True
+    keep_io_types: bool = True
+
+    def resolved_u8_weights(self) -> bool:
+        """``u8_weights``, decided from this machine's CPU when it is None."""
+        return not has_vnni() if self.u8_weights is None else self.u8_weights
+
+
+@dataclass
+class ExportReport:
+    """What the export wrote and how closely ONNX Runtime reproduces the Sim.
+
+    Example:
+        >>> print(ExportReport(Path("m.onnx"), sqnr_db=[40.0]).to_text())
+        exported m.onnx (opset 21), 0 quantizers
+        SQNR(Sim vs ONNX Runtime) per output, dB: 40.0
+    """
+
+    path: Path
+    quantizers: dict[str, dict[str, str]] = field(default_factory=dict)
+    sqnr_db: list[float] = field(default_factory=list)
+    simulated_16bit: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def min_sqnr_db(self) -> float:
+        return min(self.sqnr_db) if self.sqnr_db else float("nan")
+
+    def to_text(self) -> str:
+        lines = [
+            f"exported {self.path} (opset {OPSET}), {len(self.quantizers)} quantizers",
+            "SQNR(Sim vs ONNX Runtime) per output, dB: "
+            + ", ".join(f"{v:.1f}" for v in self.sqnr_db),
+        ]
+        if self.simulated_16bit:
+            lines.append(
+                f"{len(self.simulated_16bit)} 16-bit quantizers: ONNX Runtime's CPU "
+                "kernels do not fuse 16-bit Q/DQ, so those parts run as DQ -> float "
+                "op -> Q (simulated): " + ", ".join(self.simulated_16bit[:8])
+            )
+        lines += self.notes
+        return "\n".join(lines)
+
+
+def lost_quantizers(lost: list[str]) -> MixqError:
+    """The error for enabled quantizers an export dropped (a bug: ask for the model).
+
+    Example:
+        >>> str(lost_quantizers(["fc"]))[:38]
+        "the ONNX export lost quantizers ['fc']"
+    """
+    return MixqError(
+        f"the ONNX export lost quantizers {lost[:5]} ({len(lost)} in all); "
+        "please report this with the model"
+    )
+
+
+def save_model(model: onnx.ModelProto, path: Path) -> None:
+    """Write through a temporary file, so a failed write leaves nothing at ``path``.
+
+    Example:
+        >>> # save_model(model, Path("model.onnx"))
+    """
+    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent if path.parent.exists() else None)
+    os.close(fd)
+    try:
+        onnx.save(model, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _simulated_16bit(sim: SimLike) -> list[str]:
+    """Enabled 16-bit integer quantizers: ORT's CPU kernels run those parts in float."""
+    return [
+        n
+        for n, q in sim.named_quantizers().items()
+        if q.enabled and q.qtype.bits == 16 and not q.qtype.is_floating_point
+    ]
+
+
+def _not_implemented(exc: Exception, islands: list[str]) -> MixqError:
+    """ORT's CPU provider has no kernel for a node (a bf16 op, say): name it."""
+    message = str(exc).strip().splitlines()[0]
+    found = re.search(r"node with name '([^']*)'", message)
+    node = f"node {found.group(1)!r}, so it cannot run " if found else ""
+    return MixqError(
+        f"ONNX Runtime's CPU provider cannot run {node}this export ({message[:300]}). "
+        f"The plan asks for {'; '.join(islands) or 'these precisions'}. Export with "
+        "float_islands=False (fp32 compute, outputs rounded as the Sim does), or choose a "
+        "precision the provider runs (fp16 instead of bf16)"
+    )
+
+
+def _is_not_implemented(exc: Exception) -> bool:
+    return "NOT_IMPLEMENTED" in str(exc) or "NotImplemented" in type(exc).__name__
+
+
+def finish_export(
+    model: onnx.ModelProto,
+    report: ExportReport,
+    sim: SimLike,
+    compare: Callable[[Path], list[float]],
+    check: bool,
+    islands: list[str],
+) -> ExportReport:
+    """Check ``model``, write it at ``report.path`` and, with ``check``, compare it in ORT.
+
+    ``compare(path)`` gives SQNR(Sim vs ORT) per output; where ORT has no kernel for a node
+    the file is removed and the error names the node and the plan's ``islands``.
+
+    Example:
+        >>> # finish_export(model, ExportReport(path), sim, compare, True, islands)
+    """
+    onnx.checker.check_model(model)
+    save_model(model, report.path)
+    report.simulated_16bit = _simulated_16bit(sim)
+    if check:
+        try:
+            report.sqnr_db = compare(report.path)
+        except Exception as exc:
+            report.path.unlink(missing_ok=True)
+            if not _is_not_implemented(exc):
+                raise
+            raise _not_implemented(exc, islands) from exc
+    return report

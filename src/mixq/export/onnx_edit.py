@@ -1,0 +1,133 @@
+"""A copy of an ONNX Sim's model open for editing: lookups, fresh names, renames, pruning.
+
+The ONNX exporter (`mixq.export.onnx_freeze`) and its float islands
+(`mixq.export.onnx_islands`) rewrite one `ModelEdit`.
+
+Example:
+    >>> from onnx import helper
+    >>> node = helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT16)
+    >>> cast_target(node) == TensorProto.FLOAT16
+    True
+    >>> initializer("s", 0.5, TensorProto.FLOAT).data_type == TensorProto.FLOAT
+    True
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from mixq.sim.onnx.rewrite import fresh_name
+
+if TYPE_CHECKING:
+    from mixq.sim.onnx.sim import OnnxSim
+
+__all__ = ["FLOAT_TYPES", "ModelEdit", "cast_target", "initializer", "subgraph_inputs"]
+
+FLOAT_TYPES = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
+_NUMPY: dict[int, type[np.generic]] = {
+    TensorProto.FLOAT: np.float32,
+    TensorProto.FLOAT16: np.float16,
+    TensorProto.DOUBLE: np.float64,
+    TensorProto.INT8: np.int8,
+    TensorProto.UINT8: np.uint8,
+    TensorProto.INT16: np.int16,
+    TensorProto.UINT16: np.uint16,
+}
+
+
+def initializer(name: str, values: Any, elem: int) -> onnx.TensorProto:
+    """An initializer of ONNX type ``elem`` (4-bit and bf16 values through make_tensor)."""
+    array = np.asarray(values)
+    if elem in _NUMPY:
+        return numpy_helper.from_array(array.astype(_NUMPY[elem]), name)
+    flat = array.reshape(-1).tolist()
+    return helper.make_tensor(name, elem, list(array.shape), flat)
+
+
+def cast_target(node: onnx.NodeProto) -> int | None:
+    """The element type a Cast node casts to (None for any other node)."""
+    if node.op_type != "Cast":
+        return None
+    return next((a.i for a in node.attribute if a.name == "to"), None)
+
+
+def subgraph_inputs(node: onnx.NodeProto) -> set[str]:
+    """Names read inside an If / Loop / Scan body (they may come from the outer graph)."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.HasField("g") else []
+        for graph in [*graphs, *attr.graphs]:
+            for inner in graph.node:
+                names.update(inner.input)
+                names.update(subgraph_inputs(inner))
+    return names
+
+
+class ModelEdit:
+    """A copy of ``sim.model`` without the outputs the Sim exposes for analyses, with the
+    producer of each value, the initializers by name and the names taken."""
+
+    def __init__(self, sim: OnnxSim) -> None:
+        self.sim = sim
+        self.model = onnx.ModelProto()
+        self.model.CopyFrom(sim.model)
+        self.g = self.model.graph
+        del self.g.output[len(sim.output_names) :]
+        self.producer = {o: n for n in self.g.node for o in n.output if o}
+        self.inits = {i.name: i for i in self.g.initializer}
+        self.used = set(self.producer) | set(self.inits) | {v.name for v in self.g.input}
+
+    def fresh(self, name: str) -> str:
+        """``name``, or ``name`` with a suffix if the model already has that name."""
+        return fresh_name(name, self.used)
+
+    def replace(self, old: str, new: str) -> None:
+        """Every reader of ``old`` (a node or a model output) reads ``new``."""
+        for node in self.g.node:
+            for i, t in enumerate(node.input):
+                if t == old:
+                    node.input[i] = new
+        for out in self.g.output:
+            if out.name == old:
+                out.name = new
+
+    def rename(self, old: str, new: str) -> None:
+        """The value ``old`` is called ``new`` (by its producer, readers and value_info)."""
+        for node in self.g.node:
+            for values in (node.input, node.output):
+                for i, t in enumerate(values):
+                    if t == old:
+                        values[i] = new
+        for v in self.g.value_info:
+            if v.name == old:
+                v.name = new
+
+    def prune(self) -> None:
+        """Drop nodes, initializers and inputs nothing reads (the Wheres, control inputs)."""
+        live = self._live_nodes()
+        inits = [i for i in self.g.initializer if i.name in live]
+        del self.g.initializer[:]
+        self.g.initializer.extend(inits)
+        inputs = [v for v in self.g.input if v.name in self.sim.input_names]
+        del self.g.input[:]
+        self.g.input.extend(inputs)
+        value_info = [v for v in self.g.value_info if v.name in live]
+        del self.g.value_info[:]
+        self.g.value_info.extend(value_info)
+
+    def _live_nodes(self) -> set[str]:
+        """Keep the nodes the outputs need; the names they read."""
+        live = {o.name for o in self.g.output}
+        kept = []
+        for node in reversed(self.g.node):  # the Sim's nodes are in topological order
+            if any(o in live for o in node.output):
+                kept.append(node)
+                live.update(node.input)
+                live.update(subgraph_inputs(node))
+        del self.g.node[:]
+        self.g.node.extend(reversed(kept))
+        return live

@@ -1,0 +1,247 @@
+"""What a plan costs: MACs, bit-operations, weight and activation bytes, conversions, latency.
+
+Everything is counted for one run of the model on its example inputs (the shapes measured
+by `mixq.search.measure_stats`, or any ``{tensor: shape}`` you pass to `op_stats`).
+
+- **MACs**: conv, conv_transpose and linear from the weight's shape; matmul from the
+  reduced dimension; attention as its two matmuls. Other ops do no MACs but touch their
+  output elements (``elements``), which the latency estimate counts.
+- **BOPs**: MACs x activation bits x weight bits (the second operand's bits for a matmul of
+  two activations). A float precision counts its bits times the target's cost ratio of it
+  to the integer of the same width (fp16 on ``int8-int16-npu``: 16 x 8/2 = 64 bits), so a
+  float MAC weighs what the target says it costs.
+- **weight bytes**: every parameter once, at its precision (fp32 when not quantized).
+- **activation bytes**: every activation tensor as produced, plus every conversion.
+- **latency**: sum over ops of work (MACs, else elements) x the target's relative cost
+  of the op's most expensive precision, plus the conversions' elements at their cost;
+  in int8-MAC units (int8 costs 1.0 in every built-in target).
+- **effective bits**: the weights' bits averaged over their elements (ModelOpt's measure).
+
+Example:
+    >>> from mixq.graph.ir import Graph, Op
+    >>> from mixq.plan import OpPlan, Plan
+    >>> g = Graph(); g.add_input("x", "float32")
+    >>> g.add_op(Op("fc", "linear", "fc", inputs=["x"], outputs=["fc"],
+    ...             weights={"weight": "fc.weight"}, attrs={"weight_axis": 0}))
+    >>> stats = op_stats(g, {"x": (2, 8), "fc": (2, 4)}, {"fc.weight": (4, 8)})
+    >>> stats["fc"].macs
+    64
+    >>> plan = Plan(ops={"fc": OpPlan("fc", "linear", "fc", ("int8",), ("int8",),
+    ...                               {"weight": "int4"})}, inputs={"x": "int8"})
+    >>> c = plan_cost(g, plan, stats)
+    >>> c.bops, c.weight_bytes, c.effective_bits
+    (2048.0, 16.0, 4.0)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mixq.core.qtypes import qtype
+from mixq.core.records import Record
+from mixq.core.table import Table
+from mixq.graph.ir import Graph, Op
+from mixq.graph.kinds import is_data_movement
+from mixq.plan.points import quantization_points
+from mixq.plan.tensors import tensor_precisions
+from mixq.targets.loading import load_target
+
+if TYPE_CHECKING:
+    from mixq.plan.plan import OpPlan, Plan
+
+__all__ = ["OpStats", "PlanCost", "cost_table", "op_cost", "op_stats", "plan_cost"]
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class OpStats:
+    """The size of one op's work on the example inputs.
+
+    Attributes:
+        macs: multiply-accumulates.
+        elements: float output elements.
+        inputs: float input tensor -> its element count.
+        weights: parameter name -> element count, for the parameters it reads.
+        roles: weight role -> parameter name.
+    """
+
+    macs: int = 0
+    elements: int = 0
+    inputs: dict[str, int] = field(default_factory=dict)
+    weights: dict[str, int] = field(default_factory=dict)
+    roles: dict[str, str] = field(default_factory=dict)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _numel(shape: Shape | None) -> int:
+    return math.prod(shape) if shape is not None else 0
+
+
+def _macs(op: Op, shapes: dict[str, Shape], weights: dict[str, Shape]) -> int:
+    out = _numel(shapes.get(op.outputs[0])) if op.outputs else 0
+    w = weights.get(op.weights.get("weight", ""))
+    ins = [shapes.get(t) for t in op.inputs]
+    if op.kind in ("conv", "linear", "matmul") and w:
+        axis = int(op.attrs.get("weight_axis", 0))  # type: ignore[call-overload]
+        return out * _numel(w) // max(w[axis], 1)
+    if op.kind == "conv_transpose" and w and ins and ins[0]:
+        axis = int(op.attrs.get("weight_in_axis", 0))  # type: ignore[call-overload]
+        return _numel(ins[0]) * _numel(w) // max(w[axis], 1)
+    if op.kind == "matmul" and ins and ins[0]:
+        return out * ins[0][-1]
+    if op.kind == "attention" and len(ins) >= 2 and ins[0] and ins[1]:
+        q, k = ins[0], ins[1]
+        return 2 * _numel(q) * k[-2]  # Q K^T, then the weights times V
+    return 0
+
+
+def op_stats(
+    graph: Graph, shapes: dict[str, Shape], weight_shapes: dict[str, Shape]
+) -> dict[str, OpStats]:
+    """MACs, output elements and weight sizes of every op, from measured shapes."""
+    stats = {}
+    for op in graph:
+        elements = sum(_numel(shapes.get(t)) for t in graph.float_outputs(op))
+        stats[op.name] = OpStats(
+            macs=_macs(op, shapes, weight_shapes),
+            elements=elements,
+            inputs={t: _numel(shapes.get(t)) for t in graph.float_inputs(op)},
+            weights={p: _numel(weight_shapes.get(p)) for p in op.weights.values()},
+            roles=dict(op.weights),
+        )
+    return stats
+
+
+def _bops_bits(precision: str, cost: dict[str, float]) -> float:
+    t = qtype(precision)
+    if not t.is_floating_point or t.is_identity:
+        return float(t.bits)
+    same_width_int = cost.get(f"int{t.bits}")
+    ratio = cost.get(t.name, 1.0) / same_width_int if same_width_int else 1.0
+    return t.bits * max(ratio, 1.0)
+
+
+def op_cost(op: OpPlan, stats: OpStats, cost: dict[str, float]) -> dict[str, float]:
+    """BOPs and latency of one op at the precisions ``op`` gives it.
+
+    ``cost`` is the target's relative cost per precision (`TargetProfile.cost`).
+    """
+    acts = op.input or op.output or ("fp32",)
+    weights = list(op.weight.values())
+    second = weights[0] if weights else (acts[1] if len(acts) > 1 else acts[0])
+    bops = stats.macs * _bops_bits(acts[0], cost) * _bops_bits(second, cost)
+    dearest = max(cost.get(p, 1.0) for p in (*acts, *op.output, *weights))
+    work = stats.macs or (0 if is_data_movement(op.kind) else stats.elements)
+    return {"bops": bops, "latency": work * dearest}
+
+
+@dataclass(frozen=True)
+class PlanCost(Record):
+    """A plan's cost on the example inputs (see the module docstring for each figure)."""
+
+    macs: int
+    bops: float
+    weight_bytes: float
+    activation_bytes: float
+    conversions: int
+    conversion_bytes: float
+    latency: float
+    effective_bits: float
+    target: str = "generic"
+
+
+def _weight_totals(plan: Plan, stats: dict[str, OpStats]) -> tuple[float, float]:
+    """Weight bytes and effective bits (bits averaged over the weights' elements)."""
+    seen: dict[str, tuple[int, int]] = {}  # parameter -> (elements, bits); shared ones once
+    for op in plan:
+        s = stats.get(op.name)
+        for role, param in (s.roles if s else {}).items():
+            bits = qtype(op.weight.get(role, "fp32")).bits
+            seen[param] = (s.weights[param], bits) if s else (0, bits)
+    elements = sum(n for n, _ in seen.values())
+    total_bits = sum(n * b for n, b in seen.values())
+    return total_bits / 8, (total_bits / elements if elements else 32.0)
+
+
+def plan_cost(
+    graph: Graph, plan: Plan, stats: dict[str, OpStats], target: str | None = None
+) -> PlanCost:
+    """The cost of ``plan`` on ``graph`` (see the module docstring)."""
+    profile = load_target(target or plan.target)
+    macs = bops = latency = 0.0
+    for op in plan:
+        if op.name in stats:
+            c = op_cost(op, stats[op.name], profile.cost)
+            macs, bops, latency = (
+                macs + stats[op.name].macs,
+                bops + c["bops"],
+                latency + c["latency"],
+            )
+    weight_bytes, effective_bits = _weight_totals(plan, stats)
+    elements = _tensor_elements(graph, stats)
+    produced = tensor_precisions(graph, plan.ops, plan.inputs)
+    act_bytes = sum(elements.get(t, 0) * qtype(p).bits / 8 for t, p in produced.items())
+    conversions = [p for p in quantization_points(graph, plan) if p.readers]
+    conv_bytes = sum(elements.get(p.target, 0) * qtype(p.precision).bits / 8 for p in conversions)
+    latency += sum(
+        elements.get(p.target, 0) * profile.cost.get(p.precision, 1.0) for p in conversions
+    )
+    return PlanCost(
+        macs=int(macs),
+        bops=bops,
+        weight_bytes=weight_bytes,
+        activation_bytes=act_bytes + conv_bytes,
+        conversions=len(conversions),
+        conversion_bytes=conv_bytes,
+        latency=latency,
+        effective_bits=effective_bits,
+        target=profile.name,
+    )
+
+
+def _tensor_elements(graph: Graph, stats: dict[str, OpStats]) -> dict[str, int]:
+    """Elements per float tensor, from the ops that read it (or, for a tensor nothing
+    reads, its producer's outputs, which share its count evenly)."""
+    out: dict[str, int] = {}
+    for op in graph:
+        s = stats.get(op.name)
+        if s is None:
+            continue
+        out.update(s.inputs)
+        outs = graph.float_outputs(op)
+        for t in outs:
+            out.setdefault(t, s.elements // len(outs))
+    return out
+
+
+def cost_table(
+    graph: Graph, plan: Plan, stats: dict[str, OpStats], target: str | None = None
+) -> Table:
+    """One row per op: kind, precisions, MACs, BOPs, weight bytes, latency (largest first)."""
+    cost = load_target(target or plan.target).cost
+    rows: list[dict[str, Any]] = []
+    for op in plan:
+        s = stats.get(op.name, OpStats())
+        c = op_cost(op, s, cost)
+        wbytes = sum(
+            s.weights.get(param, 0) * qtype(op.weight.get(role, "fp32")).bits / 8
+            for role, param in s.roles.items()
+        )
+        rows.append(
+            {
+                "op": op.name,
+                "kind": op.kind,
+                "input": ",".join(op.input),
+                "weight": ",".join(op.weight.values()),
+                "macs": s.macs,
+                "bops": c["bops"],
+                "weight_bytes": wbytes,
+                "latency": c["latency"],
+            }
+        )
+    rows.sort(key=lambda r: -float(r["latency"]))
+    return Table(rows, title=f"cost per op (target {load_target(target or plan.target).name})")

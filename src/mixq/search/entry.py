@@ -1,0 +1,228 @@
+"""Automatic mixed-precision search: the cheapest plan that keeps the accuracy you ask for.
+
+Strategies (``strategy=``): ``ratio`` (seed 003's top-ratio recipe, with a bisection for
+the smallest ratio), ``fallback`` (INC's op-kind then per-op fallback with NNCF's
+re-ranking, then pruning for a cheaper passing plan), ``pareto`` (AIMET's AMP over the
+whole curve) and ``budget`` (an integer program under a BOPs / weight-bytes / latency
+budget, verified and repaired). All share one cost model (`mixq.plan.cost`) and one
+evaluation; every evaluated point is kept, written to the history as it is made, and the
+result always holds a plan -- the best one found, with how far it misses when the target
+is out of reach.
+
+Example:
+    >>> import torch, mixq
+    >>> torch.manual_seed(0) is not None
+    True
+    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    >>> data = [(torch.randn(32, 8),) for _ in range(2)]
+    >>> result = mixq.search(model, data[0], calib=data, evaluate="sqnr", target=30,
+    ...                      candidates=["int8", "int16"], strategy="fallback", progress=False)
+    >>> result.met_target, result.plan["2"].output[0] in ("int8", "int16")
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mixq.analysis.badcases import hardest_rows, sample_batch
+from mixq.analysis.metrics import get_metric
+from mixq.core.errors import ConfigError
+from mixq.plan.plan import Plan
+from mixq.rules.config import Config
+from mixq.rules.resolve import resolve_with_report
+from mixq.search.engine import Evaluator, Exhausted, Target, Trials
+from mixq.search.registry import STRATEGIES
+from mixq.search.result import SearchResult
+from mixq.search.sims import SimFactory
+from mixq.search.space import Candidate, SearchSpace, parse_candidates
+from mixq.sim.torch.runner import make_runner
+
+__all__ = ["search"]
+
+
+def search(
+    model: Any,
+    example_inputs: Any,
+    calib: Iterable[Any],
+    evaluate: str | Callable[[Any], float] = "cosine",
+    target: Any = 0.99,
+    candidates: Iterable[Any] = ("int8", "int16", "fp16"),
+    strategy: str = "fallback",
+    data: Iterable[Any] | None = None,
+    labels: list[torch.Tensor] | None = None,
+    config: Any = None,
+    budget: dict[str, float] | None = None,
+    keep: Iterable[str] = (),
+    tie: list[list[str]] | None = None,
+    ratio: float | None = None,
+    points: int = 10,
+    cost: str = "bops",
+    time_budget_s: float | None = None,
+    max_trials: int | None = None,
+    history: str | Path | None = None,
+    resume: bool = False,
+    hard_samples: int = 32,
+    transforms: list[Any] | None = None,
+    progress: bool = True,
+) -> SearchResult:
+    """Search per-unit precisions for the cheapest plan that meets ``target``.
+
+    Args:
+        model: a ``torch.nn.Module`` (never modified) or an ``.onnx`` path.
+        example_inputs: inputs for capture (and the cost model's shapes).
+        calib: calibration batches (ranges are calibrated once per tensor and precision).
+        evaluate: ``sim -> float`` (higher is better), a metric name comparing outputs with
+            the float model (``cosine``, ``sqnr``, ``l1``, ``mse``, ``kl``) or ``"accuracy"``.
+        target: a score to reach (``0.99``), or ``{"drop": d}`` / ``{"drop": d,
+            "relative": True}`` from the float model's score.
+        candidates: precisions to choose from: ``"int8"``, ``("int8", "int4")`` =
+            (activation, weight), ``"fp16"`` ...; each unit gets those its target runs.
+        strategy: ``ratio``, ``fallback``, ``pareto`` or ``budget``.
+        data: evaluation batches (default: ``calib``); ``labels`` one tensor per batch.
+        config: the base config (target profile, fixed ranges, scheme, what ``keep`` keeps).
+        budget: ``{"bops" | "weight_bytes" | "latency": fraction of the all-int8 cost}``:
+            the ``budget`` strategy optimises within it; ``fallback`` only makes moves that
+            fit it; ``ratio`` and ``pareto`` choose only among the plans that fit it.
+        keep: op / module / kind targets kept as ``config`` resolves them (e.g. float ops).
+        tie: groups of targets that must share one option (``budget`` strategy).
+        ratio: ``ratio`` strategy: raise this fraction (None: bisect the smallest).
+        points: ``pareto`` strategy: plans evaluated along the curve.
+        cost: the figure "cheapest" means: ``bops``, ``latency`` or ``weight_bytes``.
+        time_budget_s / max_trials: stop after this long / this many evaluations, and
+            return the best plan found so far.
+        history: a JSONL file every evaluation is appended to; ``resume=True`` reads it
+            first and evaluates none of its plans again.
+        hard_samples: rows of the first evaluation batch used to rank units (the ones the
+            cheapest plan gets most wrong).
+        transforms: float transforms (``"smooth"``, ``"equalize"``; see `mixq.transforms`)
+            applied before the search: every candidate then means "that precision on the
+            transformed model", so int8 + smoothing competes with int16 on cost. The plan
+            records them; ``mixq.quantize(model, x, result.plan)`` applies them again.
+
+    Returns:
+        A `SearchResult` (``.plan``, ``.points``, ``.met_target``, ``.miss``,
+        ``.report("search.html")``, ``.save(out_dir)``).
+    """
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+    if cost not in ("bops", "latency", "weight_bytes"):
+        raise ConfigError(f"cost must be bops, latency or weight_bytes, not {cost!r}")
+    calib = list(calib)
+    data = list(data) if data is not None else calib
+    if not calib or not data:
+        raise ConfigError("search needs calibration data: at least one batch of model inputs")
+    cfg = Config.coerce(config).bind(model) if not isinstance(config, Plan) else config
+    model, specs = _transformed(model, example_inputs, calib, transforms)
+    factory = SimFactory(model, example_inputs, calib)
+    base = cfg if isinstance(cfg, Plan) else resolve_with_report(factory.graph, cfg, False).plan
+    base = replace(base, transforms=specs)
+    base_sim = factory.build(base)
+    space = SearchSpace(
+        factory.graph, base, parse_candidates(candidates), base_sim.op_stats(), keep
+    )
+    evaluator = Evaluator(evaluate, data, labels)
+    baseline = evaluator.baseline(base_sim)
+    threshold = Target.parse(target).threshold(baseline, evaluator.higher_is_better)
+    trials = Trials(space, factory, evaluator, threshold, cost, time_budget_s, max_trials)
+    trials.progress = _printer() if progress and os.environ.get("MIXQ_PROGRESS") != "0" else None
+    trials.history = _history(history, resume, trials, space)
+    trials.reference = trials.plan(_all_int8(space))[1]
+    trials.limits = _limits(budget, trials.reference)
+    anchors, note = _run(trials, strategy, data[0], hard_samples, budget, tie, ratio, points)
+    return SearchResult.build(trials, strategy, baseline, anchors, note)
+
+
+def _transformed(
+    model: Any, example_inputs: Any, calib: list[Any], transforms: list[Any] | None
+) -> tuple[Any, list[dict[str, Any]]]:
+    """The model the search runs on, and the transforms' resolved specs for the plan."""
+    if not transforms:
+        return model, []
+    if isinstance(model, (str, Path)) or type(model).__name__ == "ModelProto":
+        raise ConfigError("transforms rewrite PyTorch models; search the nn.Module instead")
+    from mixq.transforms import apply_transforms
+
+    done = apply_transforms(model, example_inputs, transforms, calib=calib)
+    return done.model, [r.spec() for r in done.records]
+
+
+def _limits(budget: dict[str, float] | None, reference: dict[str, float]) -> dict[str, float]:
+    from mixq.search.milp import BUDGET_KEYS
+
+    unknown = set(budget or {}) - set(BUDGET_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown budget keys {sorted(unknown)}; use {', '.join(BUDGET_KEYS)}")
+    return {k: float(v) * reference[k] for k, v in (budget or {}).items()}
+
+
+def _all_int8(space: SearchSpace) -> dict[str, Candidate]:
+    int8 = Candidate("int8", "int8")
+    return {u.name: int8 for u in space.free}
+
+
+def _history(path: Any, resume: bool, trials: Trials, space: SearchSpace) -> Path | None:
+    if path is None:
+        return None
+    path = Path(path)
+    options = {u.name: [str(c) for c in u.options] for u in space.units.values()}
+    signature = hashlib.sha1(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
+    if resume and path.exists():
+        trials.load(path)
+        if trials.extra.get("space") not in (None, signature):
+            raise ConfigError(
+                f"history {path} was written for another model or candidate set; "
+                "start a new history (resume=False) or pass its own file"
+            )
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+    trials.history = path
+    if "space" not in trials.extra:
+        trials.record("space", signature)
+    return path
+
+
+def _hard_batch(trials: Trials, batch: Any, count: int) -> Any:
+    """The ``count`` rows of ``batch`` the cheapest plan gets most wrong."""
+    sim = trials.sim(trials.space.uniform(0))
+    rows = hardest_rows(make_runner(sim), batch, get_metric("mse"), count)
+    return sample_batch(batch, rows)
+
+
+def _run(
+    trials: Trials,
+    strategy: str,
+    batch: Any,
+    hard_samples: int,
+    budget: dict[str, float] | None,
+    tie: list[list[str]] | None,
+    ratio: float | None,
+    points: int,
+) -> tuple[dict[str, str], str]:
+    anchors: dict[str, str] = {}
+    note = ""
+    try:
+        for cand in trials.space.candidates:
+            p = trials.evaluate(trials.space.uniform(cand=cand), f"all {cand}")
+            anchors[f"all {cand}"] = p.key
+        hard = _hard_batch(trials, batch, hard_samples)
+        STRATEGIES[strategy](trials, hard, budget=budget, tie=tie, ratio=ratio, points=points)
+    except Exhausted as stop:
+        note = f"stopped early: {stop}"
+    return anchors, note
+
+
+def _printer() -> Callable[[str], None]:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    return lambda line: console.print(f"[dim]search[/dim] {line}", highlight=False)
