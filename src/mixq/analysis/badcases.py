@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import fx
@@ -116,8 +116,45 @@ class BadCases:
             "badcase_overall": Table(overall, title="worst sample over all outputs"),
         }
 
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per output: the worst sample's index and value under every metric (the
+        ``badcase_index`` and ``badcase_value`` tables side by side), as every table has."""
+        return self.table().rows
+
+    @property
+    def columns(self) -> list[str]:
+        return self.table().columns
+
+    def table(self) -> Any:
+        """The worst samples as one `Table`: per output, ``<metric>_index`` / ``<metric>``."""
+        from mixq.table import Table
+
+        rows = [
+            {
+                "output": o,
+                **{
+                    key: value
+                    for m in self.metrics
+                    for key, value in (
+                        (f"{m.name}_index", self.worst[(o, m.name)].index),
+                        (m.name, self.worst[(o, m.name)].value),
+                    )
+                },
+            }
+            for o in self.outputs
+        ]
+        return Table(rows, title=f"worst sample per output and metric (chosen: {self.metric.name})")
+
+    def to_text(self) -> str:
+        return "\n\n".join(t.to_text() for t in self.tables().values())
+
     def save(self, out_dir: str | Path) -> Path:
-        """Write badcase.txt (the three tables) and badcase.pt (the worst inputs)."""
+        """Write badcase.txt (the three tables) and badcase.pt (the worst inputs) into
+        ``out_dir``; a path ending in ``.csv`` / ``.json`` / ``.txt`` writes `rows` there as
+        every `Table` does."""
+        if Path(out_dir).suffix in (".csv", ".json", ".txt"):
+            return cast(Path, self.table().save(out_dir))
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         text = "\n\n".join(t.to_text() for t in self.tables().values())

@@ -76,6 +76,11 @@ class CheckResult:
         for key in _SECTIONS:
             yield key, getattr(self, key)
 
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """Every section's rows, each with its ``section`` name (what a table has)."""
+        return [{"section": key, **row} for key, table in self.sections() for row in table.rows]
+
     def to_text(self) -> str:
         """The content of ``model_check_result.txt``: each section's heading and table."""
         parts = [

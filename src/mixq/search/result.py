@@ -133,6 +133,11 @@ class SearchResult:
             lines.append(self.note)
         return "\n".join(lines)
 
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """`table`'s rows: one per evaluated point (what every result a user reads has)."""
+        return self.table().rows
+
     def table(self) -> Table:
         """One row per evaluated point, in evaluation order."""
         rows = [
