@@ -126,6 +126,14 @@ def check_sim(
     """
     requested = _requested_plan(model, sim.graph, sim.plan, config)
     call_sections = _onnx_call_sections(sim.source) if records is None else _call_sections(records)
+    dead = [
+        {"module": name, "type": "computed but no output reads it: pruned, no quantizer"}
+        for name in sim.graph.dead
+    ]
+    if dead:
+        unused = call_sections[2]
+        call_sections = (*call_sections[:2], Table(unused.rows + dead, unused.title,
+                                                   unused.columns))  # fmt: skip
     return CheckResult(
         *call_sections,
         unfused=_table("unfused", unfused_rows(sim.graph, fuses_residual_add(sim.plan.target))),

@@ -82,6 +82,9 @@ class Graph:
     outputs: list[str] = field(default_factory=list)
     # module path -> qualified names of its class and base classes (for rules by class)
     modules: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # ops the model computes but no output reads (a pooler left unused, a zeros_like nobody
+    # reads): pruned at capture, so they get no quantizer; "module.kind" -> module path
+    dead: dict[str, str] = field(default_factory=dict)
 
     def add_input(self, name: str, dtype: str, shape: tuple[int | None, ...] | None = None) -> None:
         self.tensors[name] = Tensor(

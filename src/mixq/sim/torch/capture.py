@@ -113,10 +113,53 @@ def capture(model: torch.nn.Module, example_inputs: Any) -> Captured:
     model = copy.deepcopy(model).eval()
     ep = _export(model, args, kwargs)
     leaves = {name for name, m in model.named_modules() if not any(m.children())}
-    captured = _GraphBuilder(ep.module(), leaves).build()
+    gm = ep.module()
+    dead = prune_dead_code(gm)
+    captured = _GraphBuilder(gm, leaves).build()
+    captured.graph.dead = dead
     captured.graph.modules = {name: _class_names(m) for name, m in model.named_modules()}
     captured.example_inputs = (args, kwargs)
     return captured
+
+
+def prune_dead_code(gm: fx.GraphModule) -> dict[str, str]:
+    """Remove the ops no model output depends on (side-effect free ones only) and return
+    them as ``{"<module path>.<kind>": module path}``.
+
+    A model often computes what it does not return: a ``BertModel`` wrapped for mean-pooled
+    embeddings still runs its pooler. Left in, those ops would get quantizers that never
+    affect an output, calibrate on values nobody reads, and vanish from the ONNX export.
+    """
+    graph = gm.graph
+    live: set[fx.Node] = set()
+    # roots: the output, effectful calls, and submodule calls (export's input guards)
+    stack = [
+        n
+        for n in graph.nodes
+        if n.op in ("output", "call_module") or (n.op != "placeholder" and n.is_impure())
+    ]
+    while stack:
+        node = stack.pop()
+        if node in live:
+            continue
+        live.add(node)
+        stack.extend(node.all_input_nodes)
+    dead: dict[str, str] = {}
+    for node in reversed(list(graph.nodes)):
+        if node in live or node.op in ("placeholder", "output"):
+            continue
+        if node.op == "call_function" and node.target is not operator.getitem:
+            name = getattr(node.target, "__name__", str(node.target)).split(".")[0]
+            val = node.meta.get("val")
+            if name not in _SKIP and (isinstance(val, torch.Tensor) or _is_tensor_seq(val)):
+                _, path, _ = _call_key(node)
+                kind = canonical_kind(node.target)
+                dead[f"{path}.{kind}" if path else kind] = path
+        graph.erase_node(node)
+    if dead:
+        graph.lint()
+        gm.recompile()
+    return dict(reversed(list(dead.items())))
 
 
 def _class_names(module: torch.nn.Module) -> tuple[str, ...]:
