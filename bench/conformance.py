@@ -112,6 +112,9 @@ def leaves(out: Any) -> list[torch.Tensor]:
         elif isinstance(x, (list, tuple)):
             for v in x:
                 walk(v)
+        elif hasattr(x, "self_attention_cache"):  # transformers' EncoderDecoderCache
+            walk(x.self_attention_cache)
+            walk(x.cross_attention_cache)
         elif hasattr(x, "layers"):  # transformers caches
             for layer in x.layers:
                 for name in ("keys", "values"):

@@ -52,6 +52,7 @@ class Sim(nn.Module, SimBase):
         self.quantizer_nodes: dict[str, str] = {}  # quantizer name -> its fx node
         self._quantizers_by_attr: dict[str, Quantizer] = {}
         self.op_nodes: dict[str, str] = {}  # op name -> its fx node
+        self.capture_notes: list[str] = list(captured.notes)  # e.g. cache outputs flattened
         _Inserter(self, captured).run()
         self.module.recompile()
         self.finish_init()
