@@ -10,6 +10,7 @@ import torch
 from mixq.core.qtypes import QType, qtype
 
 __all__ = [
+    "MASK_MAGNITUDE",
     "OBSERVERS",
     "MinMaxObserver",
     "MovingAverageMinMaxObserver",
@@ -19,6 +20,8 @@ __all__ = [
 ]
 
 OBSERVERS: dict[str, type[Observer]] = {}
+# |x| at or above this is a mask sentinel (-inf, finfo(float32).min), never a range to cover
+MASK_MAGNITUDE = float(torch.finfo(torch.float32).max) / 2
 _ALIASES = {"entropy": "kl"}
 Pair = tuple[torch.Tensor, torch.Tensor]
 Range = tuple[float, float]
@@ -111,9 +114,19 @@ class Observer:
         self.reset()
 
     def update(self, x: torch.Tensor) -> None:
-        """Accumulate statistics from one batch (finite values; empty batches are skipped)."""
+        """Accumulate statistics from one batch; empty batches are skipped.
+
+        Masked positions are not data: ``±inf`` and values within a factor 2 of the float32
+        extremes (what ``x + finfo.min`` or ``masked_fill(-inf)`` leaves in an attention
+        mask add) are left out of the statistics (per tensor), or read as 0 (per channel,
+        which must keep the shape). NaN is left to the caller to refuse.
+        """
+        x = x.detach().to(torch.float32)
+        masked = x.abs() >= MASK_MAGNITUDE
+        if bool(masked.any()):
+            x = x[~masked] if self.axis is None else x.masked_fill(masked, 0.0)
         if x.numel() > 0:
-            self._observe(x.detach().to(torch.float32))
+            self._observe(x)
             self._batches += 1
 
     def compute_range(self) -> Pair:

@@ -132,8 +132,10 @@ class ActivationBase(QuantizerBase):
         self.observing, self.observer, self.histogram_observer = False, None, None
 
     def observe(self, x: torch.Tensor) -> None:
-        """One calibration value of the tensor; NaN / Inf raise `CalibrationError`."""
-        if not torch.isfinite(x).all():
+        """One calibration value of the tensor. NaN anywhere, and Inf in a model input, raise
+        `CalibrationError`; Inf inside the model is data (masked attention scores), which the
+        observers leave out of the range."""
+        if torch.isnan(x).any() or (self.point.op is None and not torch.isfinite(x).all()):
             bad = "NaN" if torch.isnan(x).any() else "Inf"
             raise CalibrationError(
                 f"calibration tensor {self.point.target!r} (quantizer {self.name!r}) holds "
