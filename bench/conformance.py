@@ -9,7 +9,7 @@ Stages (issue 11, part 2); a cell is ``ok``, an SQNR in dB, ``skip: why``, ``FAI
 exception class and the first line of its message:
 
     int8 / a16w8 / w4a8 / fp16   quantize + calibrate (2 batches), SQNR(Sim vs float), all outputs
-    off==float                   int8 Sim with every quantizer off equals the float model bit for bit
+    off==float                   int8 Sim, every quantizer off, equals the float model bit for bit
     shape                        the int8 Sim on batch 1 and a shorter sequence, SQNR vs float
     export / export_fp16         sim.export_onnx, SQNR(Sim vs ORT) measured here on every float
                                  output of the file (NaN / constant outputs are failures)
@@ -29,8 +29,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import logging
 import json
+import logging
 import math
 import os
 import signal
@@ -107,7 +107,7 @@ def leaves(out: Any) -> list[torch.Tensor]:
             if np.issubdtype(x.dtype, np.floating):
                 found.append(torch.from_numpy(x.astype(np.float32)))
         elif isinstance(x, dict) or hasattr(x, "to_tuple"):
-            for v in (x.values() if isinstance(x, dict) else x.to_tuple()):
+            for v in x.values() if isinstance(x, dict) else x.to_tuple():
                 walk(v)
         elif isinstance(x, (list, tuple)):
             for v in x:
@@ -296,7 +296,7 @@ def export_float_onnx(m: Model) -> tuple[Path, dict[str, torch.Tensor]]:
                 opset_version=14, input_names=list(kwargs) or None,
             )  # fmt: skip
             m.exporter = "torchscript"
-        except Exception:  # noqa: BLE001
+        except Exception:
             torch.onnx.export(m.model, args, str(path), kwargs=kwargs, dynamo=True, verbose=False)
             m.exporter = "dynamo"
     import onnx
@@ -346,10 +346,8 @@ def stage_search(m: Model) -> str:
 
 
 def _read_format(path: Path, fmt: str) -> Any:
-    try:  # where the readers live today; the restructure may move them
-        from mixq.export.formats import read_format
-    except ImportError:  # pragma: no cover
-        from mixq.export import read_format  # type: ignore[attr-defined,no-redef]
+    from mixq.export.formats import read_format
+
     return read_format(path, fmt)
 
 
@@ -361,7 +359,7 @@ def stage_vendor(m: Model) -> str:
         try:
             sim.export(path, format=fmt)
             _read_format(path, fmt)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             failed.append(f"{fmt}: {type(e).__name__}: {first_line(e)}")
     return "ok" if not failed else "FAIL " + "; ".join(failed)
 
@@ -398,16 +396,14 @@ NEEDS = {"off==float": "int8", "shape": "int8", "export": "int8", "export_fp16":
          "sens": "int8", "bad_cases": "int8", "vendor": "int8"}  # fmt: skip
 
 
-def run_model(
-    name: str, stages: list[str], limit: float, verbose: bool
-) -> dict[str, Any]:
+def run_model(name: str, stages: list[str], limit: float, verbose: bool) -> dict[str, Any]:
     row: dict[str, Any] = {"model": name, "stages": {}, "seconds": {}}
     start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         try:
             with time_limit(limit):
                 m = Model(name, corpus.ALL[name], Path(tmp))
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             row["stages"] = {s: f"{type(e).__name__}: {first_line(e)}" for s in stages}
             row["total_s"] = time.time() - start
             return row
@@ -425,7 +421,7 @@ def run_model(
             try:
                 with time_limit(limit):
                     cell = RUNNERS[stage](m)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 cell = f"{type(e).__name__}: {first_line(e)}"
                 failed[stage] = cell
                 if verbose:

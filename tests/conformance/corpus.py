@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["ALL", "ONNX", "TORCH", "REAL", "other_shape", "second_batch"]
+__all__ = ["ALL", "ONNX", "REAL", "TORCH", "other_shape", "second_batch"]
 
 VOCAB = 128
 SEQ = 12
@@ -545,15 +545,11 @@ def _hardswish_ops(proto: Any) -> Any:
     nodes = list(proto.graph.node)
     keep = []
     drop = set()
-    for i, n in enumerate(nodes):
+    for n in nodes:
         if n.op_type != "HardSigmoid":
             continue
         users = [m for m in nodes if n.output[0] in m.input]
-        if (
-            len(users) == 1
-            and users[0].op_type == "Mul"
-            and n.input[0] in users[0].input
-        ):
+        if len(users) == 1 and users[0].op_type == "Mul" and n.input[0] in users[0].input:
             mul = users[0]
             drop.update({id(n), id(mul)})
             keep.append((nodes.index(mul), helper.make_node(

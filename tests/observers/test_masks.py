@@ -58,8 +58,11 @@ def test_mask_add_calibrates_in_both_backends(tmp_path):
     assert torch.isfinite(got).all()
 
 
-@pytest.mark.xfail(strict=True, reason="masked scores saturate to the range's low end, so "
-                   "softmax leaks onto padded keys; needs mask pass-through in the quantizers")
+@pytest.mark.xfail(
+    strict=True,
+    reason="masked scores saturate to the range's low end, so "
+    "softmax leaks onto padded keys; needs mask pass-through in the quantizers",
+)
 def test_masked_positions_stay_masked():
     model, (x, mask) = MaskedAttention().eval(), _inputs()
     sim = mixq.quantize(model, (x, mask), "int8").calibrate([(x, mask)], progress=False)

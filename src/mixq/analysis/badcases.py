@@ -21,6 +21,7 @@ from torch.utils import _pytree as pytree
 
 from mixq.analysis.metrics import Metric, per_sample
 from mixq.core.progress import progress_bar
+from mixq.core.table import Table
 from mixq.sim.torch.capture import split_inputs
 from mixq.sim.torch.runner import GraphRunner
 
@@ -126,10 +127,8 @@ class BadCases:
     def columns(self) -> list[str]:
         return self.table().columns
 
-    def table(self) -> Any:
+    def table(self) -> Table:
         """The worst samples as one `Table`: per output, ``<metric>_index`` / ``<metric>``."""
-        from mixq.table import Table
-
         rows = [
             {
                 "output": o,

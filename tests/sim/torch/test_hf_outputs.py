@@ -32,6 +32,6 @@ def test_causal_lm_with_its_default_cache_is_captured():
     with sim.disabled(), torch.no_grad():
         got, want = sim(**inputs), model(**inputs)
     assert torch.equal(got.logits, want.logits)
-    (keys, values), = got.past_key_values
+    ((keys, values),) = got.past_key_values
     assert torch.equal(keys, want.past_key_values.layers[0].keys)
     assert torch.equal(values, want.past_key_values.layers[0].values)
