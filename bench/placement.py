@@ -25,9 +25,9 @@ from pathlib import Path
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import peers  # noqa: E402
+import peers
 
-import mixq  # noqa: E402
+import mixq
 
 _MOVE = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Expand",
          "Slice", "Gather", "Concat", "Split"}  # fmt: skip
