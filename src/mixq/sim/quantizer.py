@@ -132,14 +132,21 @@ class ActivationBase(QuantizerBase):
         self.observing, self.observer, self.histogram_observer = False, None, None
 
     def observe(self, x: torch.Tensor) -> None:
-        """One calibration value of the tensor. NaN anywhere, and Inf in a model input, raise
-        `CalibrationError`; Inf inside the model is data (masked attention scores), which the
-        observers leave out of the range."""
-        if torch.isnan(x).any() or (self.point.op is None and not torch.isfinite(x).all()):
-            bad = "NaN" if torch.isnan(x).any() else "Inf"
+        """One calibration value of the tensor.
+
+        -inf inside the model is data: masked attention scores (``masked_fill(-inf)``, or a
+        mask add of ``finfo.min``), which the observers leave out of the range. NaN anywhere,
+        +inf anywhere (an overflow) and any inf in a model input raise `CalibrationError`.
+        """
+        from_input = self.point.op is None
+        bad = "NaN" if torch.isnan(x).any() else None
+        if bad is None and (torch.isposinf(x).any() or (from_input and torch.isinf(x).any())):
+            bad = "Inf"
+        if bad is not None:
+            where = "a model input" if from_input else "the float model (an overflow?)"
             raise CalibrationError(
                 f"calibration tensor {self.point.target!r} (quantizer {self.name!r}) holds "
-                f"{bad}; check the calibration data and the float model on it"
+                f"{bad}; check the calibration data and {where} on it"
             )
         for observer in (self.observer, self.histogram_observer):
             if observer is not None:
