@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import html
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ from plotly.offline import get_plotlyjs
 
 from mixq.core.table import Table, cell_text
 
-__all__ = ["Page", "cell", "details", "esc", "finite", "html_table"]
+__all__ = ["Page", "cell", "details", "esc", "finite", "html_table", "short_names"]
 
 
 _CSS = """
@@ -56,8 +57,9 @@ class Page:
         self.text(text, "note")
 
     def plot(self, fig: go.Figure, how_to_read: str) -> None:
-        top = fig.layout.margin.t or 50
-        fig.update_layout(template="plotly_white", margin={"l": 60, "r": 20, "t": top, "b": 50})
+        top, bottom = fig.layout.margin.t or 50, fig.layout.margin.b or 50
+        margin = {"l": 60, "r": 20, "t": top, "b": bottom}
+        fig.update_layout(template="plotly_white", margin=margin)
         self.plots += 1
         config = {"displaylogo": False, "responsive": True}
         div = fig.to_html(
@@ -84,6 +86,32 @@ def finite(value: Any) -> float | None:
 
 def esc(value: Any) -> str:
     return html.escape(str(value))
+
+
+def short_names(names: list[str], parts: int = 2) -> list[str]:
+    """Axis labels: the last ``parts`` dotted parts of each name, with more parts where two
+    would read the same (``layer.0.attention.self.query`` -> ``0.attention.self.query`` when
+    layer 1 has one too), so every label is distinct.
+
+    Example:
+        >>> short_names(["encoder.layer.0.fc", "encoder.layer.1.fc", "head.out"])
+        ['0.fc', '1.fc', 'head.out']
+    """
+    depth = dict.fromkeys(names, parts)
+    while True:
+        short = {n: ".".join(n.split(".")[-depth[n] :]) for n in names}
+        counts = Counter(short.values())
+        clash = [n for n in names if counts[short[n]] > 1 and depth[n] < n.count(".") + 1]
+        if not clash:
+            break
+        for n in clash:
+            depth[n] += 1
+    seen: Counter[str] = Counter()
+    labels = []
+    for n in names:  # the same full name twice: number the repeats
+        seen[short[n]] += 1
+        labels.append(short[n] + (f" #{seen[short[n]]}" if seen[short[n]] > 1 else ""))
+    return labels
 
 
 # -- tables ----------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from mixq.analysis.html import Page, cell, details, esc, finite, html_table
+from mixq.analysis.html import Page, cell, details, esc, finite, html_table, short_names
 from mixq.core.qtypes import qtype
 from mixq.core.table import Table
 from mixq.sim.protocol import SimLike
@@ -153,11 +153,17 @@ def _sqnr_section(page: Page, tables: dict[str, Table]) -> None:
         y = [finite(r["sqnr"]) for r in rows]
         hover = [f"{esc(r['op'])}<br>{r['kind']}, {r['precision']}" for r in rows]
         hover = [f"{h}<br>cosine {cell(r['cosine'])}" for h, r in zip(hover, rows, strict=True)]
-        template = "%{hovertext}<br>SQNR %{y:.1f} dB"
+        template = "%{hovertext}<br>SQNR %{y:.1f} dB<extra></extra>"
         style = {"mode": "lines+markers", "line_color": color, "hovertemplate": template}
-        fig.add_scatter(y=y, name=view, hovertext=hover, **style)
-    axes = {"xaxis_title": "op, in graph order (hover for its name)", "yaxis_title": "SQNR (dB)"}
-    fig.update_layout(title="Per-op SQNR (dB)", height=420, **axes)
+        x = short_names([str(r["op"]) for r in rows])
+        fig.add_scatter(x=x, y=y, name=view, hovertext=hover, **style)
+    fig.update_layout(
+        title="Per-op SQNR (dB)",
+        height=520,
+        xaxis={"title": "op, in graph order (last name parts; hover for the full name)"},
+        yaxis_title="SQNR (dB)",
+    )
+    fig.update_xaxes(type="category", tickangle=-60, tickfont_size=10, automargin=True)
     page.plot(fig, _READ["sqnr"])
 
 

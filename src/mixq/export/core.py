@@ -134,6 +134,7 @@ def save_model(model: onnx.ModelProto, path: Path) -> None:
         >>> # save_model(model, Path("model.onnx"))
     """
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent if path.parent.exists() else None)
+    os.fchmod(fd, _open_mode())  # 0644 under the usual umask, like a plain open, not 0600
     os.close(fd)
     try:
         onnx.save(model, tmp)
@@ -141,6 +142,13 @@ def save_model(model: onnx.ModelProto, path: Path) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _open_mode() -> int:
+    """0666 less the process umask: what ``open(path, "w")`` creates a file with."""
+    umask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _simulated_16bit(sim: SimLike) -> list[str]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import warnings
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,6 +26,7 @@ from torch import fx
 from mixq.analysis.metrics import float_leaves, sqnr
 from mixq.core import primitives as P
 from mixq.core.errors import MixqError
+from mixq.core.quiet import quiet_dependencies
 from mixq.export.core import (
     OPSET,
     U8_WEIGHTS_NOTE,
@@ -52,7 +52,8 @@ class _Rewriter:
         self.u8_weights = u8_weights
         sim.compute_weight_qparams()
         self.sim = sim
-        self.gm: fx.GraphModule = copy.deepcopy(sim.module)
+        with quiet_dependencies():
+            self.gm: fx.GraphModule = copy.deepcopy(sim.module)
         self.graph = self.gm.graph
         self.count = 0
         self.names: dict[str, str] = {}  # buffer prefix -> quantizer name
@@ -274,8 +275,7 @@ def _softmax_notes(sim: Any) -> list[str]:
 
 def _to_onnx(module: fx.GraphModule, args: Any, kwargs: Any) -> onnx.ModelProto:
     """The dynamo export of the rewritten graph module, mixq's ops translated to Q/DQ."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet_dependencies():
         program = torch.onnx.export(
             module,
             args,

@@ -39,7 +39,7 @@ from mixq.core.errors import ConfigError
 from mixq.plan.plan import Plan
 from mixq.rules.config import Config
 from mixq.rules.resolve import resolve_with_report
-from mixq.search.engine import Evaluator, Exhausted, Target, Trials
+from mixq.search.engine import Evaluator, Exhausted, Point, Target, Trials
 from mixq.search.registry import STRATEGIES
 from mixq.search.result import SearchResult
 from mixq.search.sims import SimFactory
@@ -133,7 +133,9 @@ def search(
     baseline = evaluator.baseline(base_sim)
     threshold = Target.parse(target).threshold(baseline, evaluator.higher_is_better)
     trials = Trials(space, factory, evaluator, threshold, cost, time_budget_s, max_trials)
-    trials.progress = _printer() if progress and os.environ.get("MIXQ_PROGRESS") != "0" else None
+    trials.progress = (
+        _printer(trials) if progress and os.environ.get("MIXQ_PROGRESS") != "0" else None
+    )
     trials.history = _history(history, resume, trials, space)
     trials.reference = trials.plan(_all_int8(space))[1]
     trials.limits = _limits(budget, trials.reference)
@@ -210,6 +212,8 @@ def _run(
 ) -> tuple[dict[str, str], str]:
     anchors: dict[str, str] = {}
     note = ""
+    if isinstance(trials.progress, _Printer):
+        trials.progress.total, trials.progress.bound = _planned(trials, strategy, ratio, points)
     try:
         for cand in trials.space.candidates:
             p = trials.evaluate(trials.space.uniform(cand=cand), f"all {cand}")
@@ -218,11 +222,100 @@ def _run(
         STRATEGIES[strategy](trials, hard, budget=budget, tie=tie, ratio=ratio, points=points)
     except Exhausted as stop:
         note = f"stopped early: {stop}"
+        if trials.progress is not None:
+            trials.progress(note)
     return anchors, note
 
 
-def _printer() -> Callable[[str], None]:
-    from rich.console import Console
+def _planned(trials: Trials, strategy: str, ratio: float | None, points: int) -> tuple[int, str]:
+    """How many plans the run evaluates: exact (``""``), about (``"~"``) or at most
+    (``"≤"``); each strategy stops as soon as it can, so a bound is often not reached."""
+    units = [u for u in trials.space.free if len(u.options) > 1]
+    steps = max((len(u.options) - 1 for u in units), default=0)
+    kinds = len({u.kind for u in units})
+    anchors = len(trials.space.candidates)
+    if strategy == "ratio":
+        total, bound = (1, "") if ratio is not None else (1 + steps + len(units).bit_length(), "~")
+    elif strategy == "pareto":
+        total, bound = points, "≤"
+    else:  # fallback (and the integer program, which repairs with it): raises, then prunes
+        total, bound = 1 + kinds + len(units) * steps + len(units), "≤"
+        total += strategy == "budget"
+    total += anchors
+    if trials.max_trials is not None and trials.max_trials < total:
+        total, bound = trials.max_trials, "≤"
+    return total, bound
 
-    console = Console(stderr=True)
-    return lambda line: console.print(f"[dim]search[/dim] {line}", highlight=False)
+
+class _Printer:
+    """One line per evaluated plan: ``n / total``, elapsed, ETA, the plan's score and cost,
+    whether it meets the target, and for a fallback raise or a prune step whether the search
+    kept it (a raise is kept unless it made the score worse, a prune while the target holds).
+    """
+
+    def __init__(self, trials: Trials) -> None:
+        from rich.console import Console
+
+        self.trials, self.console = trials, Console(stderr=True)
+        self.total, self.bound = 0, "~"
+
+    def __call__(self, line: str) -> None:
+        trials = self.trials
+        point = next(reversed(trials.points.values()), None)
+        if point is None or not line.startswith(point.label):  # a note, not an evaluation
+            self.console.print(f"[dim]search[/dim] {line}", highlight=False, soft_wrap=True)
+            return
+        n = len(trials.points)
+        self.total = max(self.total, n)
+        verdict = self._verdict(point)
+        status = "[green]meets target[/green]" if point.met else "misses target"
+        count = f"{n}/{self.bound if n < self.total else ''}{self.total}"
+        clock = f"{_clock(trials.elapsed())} elapsed, ETA {self._eta(n)}"
+        self.console.print(
+            f"[dim]search[/dim] {count} [dim]{clock}[/dim] | {line} | {status}{verdict}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    def _verdict(self, point: Point) -> str:
+        label = point.label
+        if label.startswith("fallback raise "):
+            parent = self._parent(point, label[len("fallback raise ") : label.rindex(" to ")])
+            if parent is None:
+                return ""
+            if self.trials.better(parent.score, point.score):
+                return ", [red]rejected[/red] (score got worse)"
+            return ", [bold]kept[/bold]"
+        if label.startswith("prune"):
+            if point.met:
+                return ", [bold]kept[/bold] (cheaper, target still met)"
+            return ", [red]rejected[/red] (misses the target)"
+        return ""
+
+    def _parent(self, point: Point, unit: str) -> Point | None:
+        """The plan a raise stepped from: the latest one that differs only at ``unit``."""
+        mine = point.assignment
+        for p in reversed(self.trials.points.values()):
+            other = p.assignment
+            same_rest = all(other.get(u) == c for u, c in mine.items() if u != unit)
+            if p is not point and other.get(unit) != mine.get(unit) and same_rest:
+                return p
+        return None
+
+    def _eta(self, n: int) -> str:
+        trials = self.trials
+        if n >= self.total:
+            return "-"
+        left = trials.elapsed() / n * (self.total - n)
+        if trials.time_budget_s is not None:
+            left = min(left, max(0.0, trials.time_budget_s - trials.elapsed()))
+        return ("≤" if self.bound == "≤" else "~") + _clock(left)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+def _printer(trials: Trials) -> Callable[[str], None]:
+    return _Printer(trials)

@@ -9,19 +9,20 @@ from __future__ import annotations
 import html
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
 
-from mixq.analysis.html import Page, html_table
+from mixq.analysis.html import Page, html_table, short_names
 from mixq.core.table import Table
 from mixq.plan.plan import Plan
 from mixq.search.engine import Point, Trials
 from mixq.search.space import parse_candidates
 
-__all__ = ["SearchResult", "pareto_front", "write_search_report"]
+__all__ = ["SearchResult", "pareto_front", "precision_pair", "write_search_report"]
 
 
 def pareto_front(points: list[Point], cost_key: str, higher_is_better: bool) -> list[Point]:
@@ -223,8 +224,10 @@ _READ_FRONT = (
     "star is the chosen plan; diamonds are the uniform plans; the dashed line is the target."
 )
 _READ_MAP = (
-    "One bar per op of the chosen plan, coloured by the precision of its output and weights "
-    "(data-movement ops carry what they read); the hover shows the rule that set it."
+    "One bar per op of the chosen plan, one colour per (output, weight) precision pair: "
+    "'int16 / int8 weights' is an int16 output with int8 weights, 'int8' means int8 output "
+    "and weights (or no weights). Data-movement ops carry what they read; the hover shows each "
+    "op's name and the rule that set it, the chosen-plan table below lists every op."
 )
 
 
@@ -266,29 +269,65 @@ def _front_figure(result: SearchResult) -> go.Figure:
     return fig
 
 
+def precision_pair(output: str, weights: Iterable[str]) -> str:
+    """The strip's label of an op: its output precision, and its weights' where they differ
+    (an op without weights reads like one whose weights match, so a uniform plan is one
+    colour).
+
+    Example:
+        >>> precision_pair("int8", []), precision_pair("int8", ["int8"])
+        ('int8', 'int8')
+        >>> precision_pair("int16", ["int8"])
+        'int16 / int8 weights'
+    """
+    other = sorted(set(weights) - {output})
+    return output + (f" / {','.join(sorted(set(weights)))} weights" if other else "")
+
+
+_COLOURS = {"fp32": "#7f7f7f", "bf16": "#9467bd", "fp16": "#c5b0d5", "int16": "#ff7f0e"}
+_COLOURS |= {"int8": "#1f77b4", "int4": "#2ca02c", "fp8_e4m3": "#8c564b"}
+_MORE = ("#d62728", "#e377c2", "#bcbd22", "#17becf", "#98df8a", "#ffbb78", "#aec7e8", "#c49c94")
+MAX_TICKS = 24  # op names written under the strip; the rest are in the hover and the table
+
+
 def _map_figure(result: SearchResult) -> go.Figure:
     fig = go.Figure()
     ops = [o for o in result.plan if o.output]
-    by_precision: dict[str, list[Any]] = {}
-    for o in ops:
-        weights = sorted(set(o.weight.values()))
-        label = o.output[0] + (f" / {','.join(weights)} weights" if weights else "")
-        by_precision.setdefault(label, []).append(o)
-    for precision, members in by_precision.items():
+    labels = [precision_pair(o.output[0], o.weight.values()) for o in ops]
+    names = short_names([o.name for o in ops])
+    extra = iter(_MORE * (1 + len(labels) // len(_MORE)))
+    for label in dict.fromkeys(labels):
+        idx = [i for i, lab in enumerate(labels) if lab == label]
         fig.add_bar(
-            x=[o.name for o in members],
-            y=[1] * len(members),
-            name=precision,
-            hovertext=[
-                html.escape(f"{o.kind}; weight {','.join(o.weight.values()) or '-'}; {o.rule}")
-                for o in members
-            ],
+            x=idx,
+            y=[1] * len(idx),
+            width=1.0,
+            name=label,
+            marker_color=_COLOURS.get(label) or next(extra),
+            hovertext=[html.escape(_hover(ops[i], label)) for i in idx],
+            hovertemplate="%{hovertext}<extra></extra>",
         )
+    step = max(1, math.ceil(len(ops) / MAX_TICKS))
+    ticks = list(range(0, len(ops), step))
     fig.update_layout(
-        barmode="stack",
+        barmode="overlay",
+        bargap=0.05,
         showlegend=True,
-        height=380,
+        height=320,
         yaxis={"visible": False},
-        xaxis={"categoryorder": "array", "categoryarray": [o.name for o in ops]},
+        xaxis={
+            "tickvals": ticks,
+            "ticktext": [names[i] for i in ticks],
+            "tickangle": -45,
+            "automargin": True,
+            "range": [-0.5, len(ops) - 0.5],
+            "title": f"{len(ops)} ops in graph order"
+            + (f" (every {step}th named; hover for each)" if step > 1 else ""),
+        },
     )
     return fig
+
+
+def _hover(op: Any, label: str) -> str:
+    weights = ",".join(op.weight.values()) or "-"
+    return f"{op.name}: {label}<br>{op.kind}; weight {weights}<br>{op.rule}"

@@ -8,6 +8,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from mixq.core.quiet import quiet_dependencies
 from mixq.plan.plan import Plan
 from mixq.rules.resolve import Resolution
 
@@ -87,7 +88,8 @@ def _copy_captured(captured: Any) -> Any:
     metadata), the node maps re-pointed by node name, the Graph shared (read only)."""
     from mixq.sim.torch.capture import Captured
 
-    module = copy.deepcopy(captured.module)
+    with quiet_dependencies():  # torch's pytree deprecation, once per copied module
+        module = copy.deepcopy(captured.module)
     nodes = {n.name: n for n in module.graph.nodes}
     return Captured(
         module,
