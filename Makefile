@@ -38,6 +38,8 @@ bench: $(STAMP)
 	MIXQ_PROGRESS=0 $(BIN)/python bench/export_speed.py
 	MIXQ_PROGRESS=0 $(BIN)/python bench/transforms.py
 	MIXQ_PROGRESS=0 $(BIN)/python bench/search_quality.py
+	# mixq vs ORT dynamic / static and NNCF (~3.5 min; the full run: python bench/peers.py)
+	MIXQ_PROGRESS=0 $(BIN)/python bench/peers.py --quick
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -22,11 +22,13 @@ Rows: ORT fp32; ORT ``quantize_dynamic`` (per-channel, s8 weights, default op ty
 ``quantize_static`` (QDQ, u8 activations / s8 per-channel weights; MatMul only on the
 embedder, Conv/MatMul/Gemm on the CNN); NNCF ``nncf.quantize`` on the fp32 ONNX file
 (``model_type=TRANSFORMER`` on the embedder, defaults on the CNN); mixq all-int8
-``Config(default="int8", target="ort-cpu")``; mixq ``search`` to a cosine target (fallback
-strategy, int8 / int16 / fp16, target ort-cpu); mixq ``search`` under a budget (budget
-strategy; ``--budget``, default ``latency=1.0`` of all-int8's estimated latency, with int4
-weights among the candidates). mixq rows are built with the public API only
-(``mixq.quantize``, ``mixq.Config``, ``mixq.search``, ``sim.calibrate``, ``sim.export_onnx``).
+``Config(default="int8", target="ort-cpu")``; mixq ``search`` to a cosine target (ratio
+strategy, target ort-cpu: int8 or fp32 per unit, cheapest estimated latency); mixq ``search``
+under a budget (budget strategy; ``--budget``, default ``latency=1.3`` of all-int8's
+estimated latency). Both searches score min(mean cos, min cos + 0.005) on the calibration
+sentences, so they aim at cos >= 0.995 with min >= 0.99. mixq rows are built with the public
+API only (``mixq.quantize``, ``mixq.Config``, ``mixq.search``, ``sim.calibrate``,
+``sim.export_onnx``).
 
 Columns
   * cos mean / min: cosine of each evaluation sentence's embedding (ORT, that file) vs the
@@ -427,12 +429,18 @@ def mixq_export(case: Case, config: Any, out: Path) -> Path:
     return out
 
 
+MIN_COS = 0.99  # the worst sentence's cosine the searches also aim for
+
+
 def search_evaluator(case: Case) -> Callable[[Any], float]:
-    """sim -> mean cosine of its embeddings vs float on the calibration batches."""
+    """sim -> a cosine score of its embeddings vs float on the calibration batches: the mean,
+    capped at the worst sentence's cosine + (TARGET_COS - MIN_COS), so a plan scores
+    TARGET_COS only when its mean reaches TARGET_COS and its minimum MIN_COS."""
     refs = torch_embeddings(case.model, case, case.calib)
 
     def pooled_cosine(sim: Any) -> float:
-        return float(cosines(torch_embeddings(sim, case, case.calib), refs).mean())
+        c = cosines(torch_embeddings(sim, case, case.calib), refs)
+        return float(min(c.mean(), c.min() + TARGET_COS - MIN_COS))
 
     return pooled_cosine
 
@@ -440,11 +448,12 @@ def search_evaluator(case: Case) -> Callable[[Any], float]:
 def mixq_search(case: Case, out: Path, seconds: float, budget: dict[str, float] | None
                 ) -> tuple[Path, float, str]:  # fmt: skip
     base = mixq.Config(default="int8", target="ort-cpu")
-    kwargs: dict[str, Any] = {"strategy": "fallback", "candidates": ("int8", "int16", "fp16")}
+    # ort-cpu runs int8 or float (fp32 is every integer unit's other option); 16-bit and
+    # fp16 have no fast kernels there. The cheapest passing plan by latency wins.
+    kwargs: dict[str, Any] = {"strategy": "ratio", "candidates": ("int8",), "cost": "latency"}
     if budget is not None:
         cost = "latency" if "latency" in budget else "bops"
-        kwargs = {"strategy": "budget", "budget": budget, "cost": cost,
-                  "candidates": ("int8", ("int8", "int4"), "int16", "fp16")}  # fmt: skip
+        kwargs = {"strategy": "budget", "budget": budget, "cost": cost, "candidates": ("int8",)}
     start = time.perf_counter()
     with _quiet():
         result = mixq.search(case.model, case.example, calib=case.calib,
@@ -486,9 +495,9 @@ def run_case(case: Case, args: argparse.Namespace, tmp: Path) -> list[Row]:
          lambda p: nncf_quantize(fp32, p, case)),
         ("mixq all-int8, target ort-cpu",
          lambda p: mixq_export(case, mixq.Config(default="int8", target="ort-cpu"), p)),
-        (f"mixq search fallback, cos >= {TARGET_COS}",
+        (f"mixq search ratio, cos >= {TARGET_COS} / min >= {MIN_COS}",
          lambda p: mixq_search(case, p, args.search_s, None)),
-        (f"mixq search budget {args.budget}, cos >= {TARGET_COS}",
+        (f"mixq search budget {args.budget}, cos >= {TARGET_COS} / min >= {MIN_COS}",
          lambda p: mixq_search(case, p, args.search_s, budget_f)),
     ]  # fmt: skip
     rows = []
@@ -556,7 +565,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=None, help="paired latency rounds")
     ap.add_argument("--threads", type=int, default=1, help="ORT intra-op threads")
     ap.add_argument("--search-s", type=float, default=None, help="time budget per search")
-    ap.add_argument("--budget", default="latency=1.0", help="budget search: key=fraction")
+    ap.add_argument("--budget", default="latency=1.3", help="budget search: key=fraction")
     ap.add_argument("--only", choices=("embedder", "cnn"), default=None)
     args = ap.parse_args(argv)
     args.rounds = args.rounds or (5 if args.quick else 30)

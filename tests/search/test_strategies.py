@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -174,3 +175,19 @@ def test_search_page_renders_both_plots_without_errors(digits, digits_target, tm
     assert errors == []
     assert drawn_plots(dom) == 2  # the cost / score plane and the per-op map
     assert "Pareto front" in dom and "chosen" in dom
+
+
+def test_ratio_bisects_then_keeps_searching_down(digits, digits_target):
+    """Ranked once, bisected (about log2(units) plans, not one per unit), then raised units
+    go back down while the target holds: the cheapest passing plan wins, not the first."""
+    model, example, calib, data, _ = digits
+    result = mixq.search(
+        model, example, calib=calib, data=data, evaluate="sqnr", target=digits_target,
+        candidates=CANDIDATES, strategy="ratio", progress=False,
+    )  # fmt: skip
+    ratio = [p for p in result.points if p.label.startswith("ratio top")]
+    prune = [p for p in result.points if p.label.startswith("prune")]
+    units = int(ratio[0].label.split("/")[1].split(",")[0])
+    assert len(ratio) <= 2 + math.ceil(math.log2(units)) + 1 and prune
+    met = [p for p in result.points if p.met]
+    assert result.best.cost["bops"] == min(p.cost["bops"] for p in met)

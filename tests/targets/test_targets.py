@@ -314,3 +314,40 @@ def test_npu_profiles_let_every_data_movement_kind_carry_what_it_reads(name, car
     profile = load_target(name)
     missing = sorted(k for k in DATA_MOVEMENT if carried not in profile.support(k).activations)
     assert missing == []
+
+
+# --- integer kernels (issue 12) ----------------------------------------------------------------
+
+
+def test_integer_kernels_round_trip_through_dict_and_yaml(tmp_path):
+    profile = TargetProfile.from_dict(
+        _tiny(
+            integer_kernels={"conv": "qlinear", "linear": "to_float", "add": "qlinear_if_quantized"}
+        )
+    )
+    assert TargetProfile.from_dict(profile.to_dict()) == profile
+    assert TargetProfile.load(profile.save(tmp_path / "t.yaml")) == profile
+    assert (
+        yaml.safe_load((tmp_path / "t.yaml").read_text())["integer_kernels"]["linear"] == "to_float"
+    )
+
+
+def test_integer_kernels_say_how_each_kind_runs():
+    ort_cpu = load_target("ort-cpu")
+    assert ort_cpu.kernel("conv") == "qlinear" and ort_cpu.kernel("linear") == "to_float"
+    assert ort_cpu.kernel("add") == "qlinear_if_quantized"
+    assert ort_cpu.kernel("layer_norm") is None and ort_cpu.kernel("softmax") is None
+
+
+@pytest.mark.parametrize("name", ["generic", NPU, "fp16-npu"])
+def test_npu_targets_run_every_kind_in_integer(name):
+    profile = load_target(name)
+    assert profile.integer_kernels is None and "integer_kernels" not in profile.to_dict()
+    assert profile.kernel("softmax") == "qlinear" and profile.kernel("layer_norm") == "qlinear"
+
+
+def test_integer_kernels_reject_an_unknown_style():
+    with pytest.raises(ConfigError, match="integer_kernels: conv: 'int8' is not one of"):
+        TargetProfile.from_dict(_tiny(integer_kernels={"conv": "int8"}))
+    with pytest.raises(ConfigError, match="must map op kinds"):
+        TargetProfile.from_dict(_tiny(integer_kernels=["conv"]))

@@ -10,6 +10,9 @@ Example:
     >>> table = qa.compare_layers(view="isolated", progress=False)
     >>> [row["op"] for row in table.rows]
     ['1', '2']
+
+Sensitivity and the isolated comparison spread over workers with ``executor="processes"``
+or ``"ray"`` (`mixq.sim.executors`); the tables are the serial ones.
 """
 
 from __future__ import annotations
@@ -29,11 +32,13 @@ from mixq.analysis.badcases import (
     hardest_rows,
     sample_batch,
 )
+from mixq.analysis.fanout import isolated_rows, keep_partial, sensitivity_scores
 from mixq.analysis.metrics import METRICS, Metric, get_metric
 from mixq.analysis.report import write_report
 from mixq.core.progress import progress_bar
 from mixq.core.table import Table
 from mixq.graph.kinds import is_data_movement
+from mixq.sim.executors import Executor, make_executor
 from mixq.sim.protocol import SimLike
 from mixq.sim.torch.quantizer import ActivationQuantizer
 from mixq.sim.torch.runner import Run, make_runner
@@ -59,10 +64,24 @@ class QuantAnalysis:
 
     Args:
         sim: a calibrated Sim; its quantizer switches are used, never left changed.
+        executor: where `sensitivity` and the isolated `compare_layers` run: ``"serial"``
+            (this process), ``"processes"`` (a local pool) or ``"ray"`` (a Ray cluster);
+            each call may override it. The tables do not depend on it.
+        workers: worker processes / Ray actors (default: one per core / cluster CPU).
+        ray_address: None starts or joins a local Ray cluster; an address joins that one.
     """
 
-    def __init__(self, sim: SimLike) -> None:
+    def __init__(
+        self,
+        sim: SimLike,
+        executor: str | Executor = "serial",
+        workers: int | None = None,
+        ray_address: str | None = None,
+    ) -> None:
         self.sim = sim
+        self.executor = make_executor(executor, workers, ray_address)
+        self._workers, self._ray_address = workers, ray_address
+        self._executors: dict[tuple[Any, ...], Executor] = {}
         self.runner = make_runner(sim)
         self.bad: BadCases | None = None
         self.tables: dict[str, Table] = {}
@@ -116,23 +135,42 @@ class QuantAnalysis:
 
     # -- layer-by-layer comparison ---------------------------------------------------------------
     def compare_layers(
-        self, view: str = "accumulated", data: Any = None, progress: bool = True
+        self,
+        view: str = "accumulated",
+        data: Any = None,
+        progress: bool = True,
+        executor: str | Executor | None = None,
+        workers: int | None = None,
+        ray_address: str | None = None,
     ) -> Table:
         """Per op: float vs quantized output, on the bad case (or ``data``).
 
-        ``accumulated``: the whole model quantized (where error grows). ``isolated``: only
-        this op's own quantizers on, fed float inputs (what the op itself costs).
+        ``accumulated``: the whole model quantized (where error grows; one run, always in
+        this process). ``isolated``: only this op's own quantizers on, fed float inputs (what
+        the op itself costs), one task per op on ``executor`` (see `QuantAnalysis`).
         """
         if view not in ("accumulated", "isolated"):
             raise ValueError(f"view must be 'accumulated' or 'isolated', not {view!r}")
         batch = self._data(data)[0]
+        if view == "isolated":
+            names = [op.name for op in self._ops]
+            run_on = self._executor(executor, workers, ray_address)
+            rows = keep_partial(
+                self.tables,
+                "compare_isolated",
+                lambda: isolated_rows(self, run_on, batch, names, progress),
+                lambda done: [done[n] for n in names if n in done],
+            )
+            return self._compare_table(rows, view)
         float_run = self.runner.run(batch, enabled=())
-        quant_run = self.runner.run(batch) if view == "accumulated" else None
+        quant_run = self.runner.run(batch)
         rows = []
         for op in progress_bar(self._ops, f"comparing layers ({view})", disable=not progress):
             tensor = self.sim.graph.float_outputs(op)[0]
-            run = quant_run if quant_run is not None else self._isolated(float_run, op.name, tensor)
-            rows.append(self._compare_row(op, tensor, float_run, run))
+            rows.append(self._compare_row(op, tensor, float_run, quant_run))
+        return self._compare_table(rows, view)
+
+    def _compare_table(self, rows: list[dict[str, Any]], view: str) -> Table:
         table = Table(rows, title=f"compare_layers ({view})")
         self.tables[f"compare_{view}"] = table
         return table
@@ -200,6 +238,9 @@ class QuantAnalysis:
         data: Any = None,
         samples: int | None = None,
         progress: bool = True,
+        executor: str | Executor | None = None,
+        workers: int | None = None,
+        ray_address: str | None = None,
     ) -> Table:
         """Model-output error with only one quantizer on, for every quantizer, worst first.
 
@@ -208,6 +249,9 @@ class QuantAnalysis:
         default a quarter, at least 4; the ones where the fully quantized model strays
         most, as NNCF ranks on its hardest samples), reuses their cached float run and
         recomputes only the nodes each quantizer changes. The table's title says which ran.
+        One task per quantizer (and batch) runs on ``executor`` (see `QuantAnalysis`); a
+        task that fails for good raises `ExecutorError` naming the quantizer, and what did
+        finish is kept in ``self.tables["sensitivity_<kind>_partial"]``.
         """
         if kind not in ("activation", "weight", "both"):
             raise ValueError(f"kind must be activation, weight or both, not {kind!r}")
@@ -216,19 +260,23 @@ class QuantAnalysis:
         m = get_metric(metric)
         points = [p for p in self.sim.points if kind in ("both", p.kind)]
         batches = self._data(data)
-        scores = {p.name: 0.0 for p in points}
-        for batch in batches:
-            if mode == "fast":
-                batch = self._hardest(batch, m, samples)
-            float_run = self.runner.run(batch, enabled=())
-            refs = self._outputs(float_run)
-            for p in progress_bar(points, f"sensitivity ({mode})", disable=not progress):
-                run = (
-                    self.runner.rerun(float_run, [p.name])
-                    if mode == "fast"
-                    else self.runner.run(batch, enabled=[p.name])
-                )
-                scores[p.name] += m(refs, self._outputs(run)) / len(batches)
+        if mode == "fast":
+            batches = [self._hardest(batch, m, samples) for batch in batches]
+        run_on = self._executor(executor, workers, ray_address)
+        name = f"sensitivity_{kind}"
+        scores = keep_partial(
+            self.tables,
+            name,
+            lambda: sensitivity_scores(self, run_on, batches, points, m, mode, progress),
+            lambda done: self._ranked([p for p in points if p.name in done], done, m).rows,
+        )
+        table = self._ranked(points, scores, m)
+        detail = "" if mode == "exact" else f", {self._rows_used} hardest samples per batch"
+        table.title = f"sensitivity ({m.name}, {kind}, mode={mode}{detail})"
+        self.tables[name] = table
+        return table
+
+    def _ranked(self, points: list[Any], scores: dict[str, float], m: Metric) -> Table:
         ranked = sorted(points, key=lambda p: scores[p.name], reverse=not m.higher_is_better)
         rows = [
             {
@@ -242,10 +290,19 @@ class QuantAnalysis:
             }
             for i, p in enumerate(ranked)
         ]
-        detail = "" if mode == "exact" else f", {self._rows_used} hardest samples per batch"
-        table = Table(rows, title=f"sensitivity ({m.name}, {kind}, mode={mode}{detail})")
-        self.tables[f"sensitivity_{kind}"] = table
-        return table
+        return Table(rows, title="sensitivity")
+
+    def _executor(
+        self, executor: str | Executor | None, workers: int | None, address: str | None
+    ) -> Executor:
+        """This call's executor: the analysis's own unless the call names another."""
+        if executor is None and workers is None and address is None:
+            return self.executor
+        chosen = executor if executor is not None else self.executor.name
+        key = (chosen, workers or self._workers, address or self._ray_address)
+        if key not in self._executors:  # kept: a pool's workers start once per analysis
+            self._executors[key] = make_executor(*key)
+        return self._executors[key]
 
     # -- advice, inputs, everything at once ----------------------------------------------------
     def input_ranges(self) -> dict[str, tuple[float, float]]:

@@ -1,4 +1,7 @@
-"""`mixq` commands. Each parses its arguments and calls one library function.
+"""`mixq` commands. Each checks its cheap arguments, then calls one library function.
+
+A mistake on the command line is one line on stderr (``error: ...``) and exit status 2
+(`mixq.cli.errors.run`); results go into ``--out`` only when a command succeeds.
 
 Example:
     $ mixq demo --out out/demo
@@ -8,38 +11,53 @@ Example:
 
 from __future__ import annotations
 
-import importlib
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
+
+from mixq.cli.errors import CliError, reported_as, run
+from mixq.cli.inputs import load_labels
+from mixq.cli.models import check_model_spec, load_model
+from mixq.cli.options import (
+    check_input_file,
+    check_output_file,
+    check_output_folder,
+    parse_budget,
+    parse_candidates,
+    parse_score_target,
+    registry_choice,
+)
+from mixq.cli.output import staged
 
 __all__ = ["app", "main"]
+
+from mixq.cli.common import (
+    CONFIG_HELP,
+    FORMAT_NAMES,
+    MODEL_HELP,
+    TARGET_HELP,
+    BatchOpt,
+    ConfigOpt,
+    DataOpt,
+    Model,
+    StrictOpt,
+    TargetOpt,
+    console,
+    load_data,
+    prepare,
+    print_note,
+    quantize_loaded,
+    vendor_file_name,
+)
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="Mixed-precision quantization: plan, simulate, analyse, export.",
 )
-console = Console()
-
-
-def load_model(spec: str) -> tuple[Any, Any]:
-    """``package.module:factory`` -> the factory's ``(model, example_inputs)``; an ``.onnx``
-    path gives the path and random inputs of its declared shapes."""
-    if spec.endswith(".onnx"):
-        from mixq.sim.onnx import capture, random_inputs
-
-        return spec, random_inputs(capture(spec)[0])
-    if ":" not in spec:
-        raise typer.BadParameter(f"{spec!r} is neither 'package.module:factory' nor an .onnx file")
-    module_name, factory = spec.split(":", 1)
-    try:
-        fn = getattr(importlib.import_module(module_name), factory)
-    except (ImportError, AttributeError) as e:
-        raise typer.BadParameter(f"cannot load {spec!r}: {e}") from None
-    return fn()
 
 
 @app.command()
@@ -50,6 +68,8 @@ def demo(
     """Train a small CNN on scikit-learn's digits and compare fp32 ... int4 side by side."""
     from mixq.cli.demo import run_demo
 
+    if out is not None:
+        check_output_folder("--out", out)
     table = run_demo(out, epochs=epochs)
     console.print(table.to_text())
     if out is not None:
@@ -58,48 +78,39 @@ def demo(
 
 @app.command()
 def plan(
-    model: Annotated[str, typer.Argument(help="package.module:factory")],
-    config: Annotated[str, typer.Option(help="precision name or config YAML")] = "int8",
-    target: Annotated[str | None, typer.Option(help="target profile name or YAML")] = None,
-    strict: Annotated[
-        bool, typer.Option("--strict/--best-effort", help="conflicts raise, or are adjusted")
-    ] = True,
+    model: Model,
+    config: ConfigOpt = "int8",
+    target: TargetOpt = None,
+    strict: StrictOpt = True,
     out: Annotated[Path | None, typer.Option(help="folder for plan.yaml and the report")] = None,
 ) -> None:
     """Resolve a config against a model and print the plan, changing nothing."""
-    from mixq.api import plan_model
-
-    sim = plan_model(load_model(model), config, target=target, strict=strict)
+    cfg = prepare(model, config, target)
+    if out is not None:
+        check_output_folder("--out", out)
+    sim = quantize_loaded(load_model(model), cfg, strict)
     console.print(sim.plan.table().to_text(), soft_wrap=True)
     for note in sim.resolution.notes:
         console.print(note, soft_wrap=True)
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        sim.plan.save(out / "plan.yaml")
-        sim.resolution_report(out / "resolution_report.txt")
-        sim.resolution_report(out / "resolution_report.json")
+        with staged(out) as folder:
+            sim.plan.save(folder / "plan.yaml")
+            sim.resolution_report(folder / "resolution_report.txt")
+            sim.resolution_report(folder / "resolution_report.json")
         console.print(f"saved plan.yaml and resolution_report.txt / .json in {out}")
-
-
-def _model_and_data(
-    model: str, config: str, data: Path | None, batch_size: int, strict: bool
-) -> tuple[Any, list[Any]]:
-    import mixq
-    from mixq.cli.inputs import load_batches
-
-    net, inputs = load_model(model)
-    batches = load_batches(data, batch_size) if data is not None else [inputs]
-    sim = mixq.quantize(net, inputs, config, strict=strict)
-    return sim.calibrate(batches), batches
 
 
 @app.command()
 def calibrate(
-    model: Annotated[str, typer.Argument(help="package.module:factory or model.onnx")],
-    config: Annotated[str, typer.Option(help="precision name, config or plan YAML")] = "int8",
-    data: Annotated[Path | None, typer.Option(help=".npz of calibration inputs")] = None,
-    batch_size: Annotated[int, typer.Option(help="batch size for --data")] = 32,
-    observer: Annotated[str | None, typer.Option(help="observer for every activation")] = None,
+    model: Model,
+    config: ConfigOpt = "int8",
+    target: TargetOpt = None,
+    data: DataOpt = None,
+    batch_size: BatchOpt = 32,
+    observer: Annotated[
+        str | None,
+        typer.Option(**registry_choice("observer", "--observer"), help="observer for activations"),
+    ] = None,
     dump_profile: Annotated[Path | None, typer.Option(help="write a qaic / Glow profile")] = None,
     load_profile: Annotated[
         Path | None, typer.Option(help="ranges from a profile, no data")
@@ -109,19 +120,23 @@ def calibrate(
     ),
 ) -> None:
     """Calibrate (or load a profile) and write the plan, the encodings and optionally a profile."""
-    import mixq
-    from mixq.cli.inputs import load_batches
-
-    net, inputs = load_model(model)
-    sim = mixq.quantize(net, inputs, config)
+    cfg = prepare(model, config, target, data)
+    check_input_file("--load-profile", load_profile)
+    check_output_file("--dump-profile", dump_profile)
+    check_output_folder("--out", out)
+    if load_profile is not None and (data is not None or dump_profile is not None):
+        raise CliError("--load-profile sets the ranges: drop --data / --dump-profile")
+    loaded = load_model(model)
+    batches = load_data(loaded, data, "--data", batch_size)
+    sim = quantize_loaded(loaded, cfg)
     if load_profile is not None:
-        sim.load_profile(load_profile)
+        with reported_as("--load-profile", load_profile):
+            sim.load_profile(load_profile)
     else:
-        batches = load_batches(data, batch_size) if data is not None else [inputs]
         sim.calibrate(batches, observer=observer, histogram_bins=512 if dump_profile else 0)
-    out.mkdir(parents=True, exist_ok=True)
-    sim.plan.save(out / "plan.yaml")
-    sim.encodings().save(out / "encodings.json")
+    with staged(out) as folder:
+        sim.plan.save(folder / "plan.yaml")
+        sim.encodings().save(folder / "encodings.json")
     if dump_profile is not None:
         console.print(f"wrote {sim.dump_profile(dump_profile)}")
     console.print(f"wrote plan.yaml and encodings.json in {out}")
@@ -129,68 +144,94 @@ def calibrate(
 
 @app.command()
 def check(
-    model: Annotated[str, typer.Argument(help="package.module:factory")],
-    config: Annotated[str, typer.Option(help="precision name or config YAML")] = "int8",
+    model: Model,
+    config: ConfigOpt = "int8",
+    target: TargetOpt = None,
     out: Annotated[Path, typer.Option(help="folder for model_check_result.*")] = Path("."),
 ) -> None:
     """Model check: module calls, shared / unused modules, unfused patterns, per-op dtypes."""
     import mixq
 
-    net, inputs = load_model(model)
-    result = mixq.check(net, inputs, config, out_dir=out)
+    cfg = prepare(model, config, target)
+    check_output_folder("--out", out)
+    loaded = load_model(model)
+    with staged(out) as folder, reported_as("--config", config):
+        result = mixq.check(loaded.model, loaded.example_inputs, cfg, out_dir=folder)
     console.print(result.to_text(), soft_wrap=True)
 
 
 @app.command()
 def analyze(
-    model: Annotated[str, typer.Argument(help="package.module:factory")],
-    config: Annotated[str, typer.Option(help="precision name or config YAML")] = "int8",
-    data: Annotated[Path | None, typer.Option(help=".npz of inputs (arg0.. or names)")] = None,
-    batch_size: Annotated[int, typer.Option(help="batch size for --data")] = 32,
-    metric: Annotated[str, typer.Option(help="bad-case metric")] = "cosine",
-    strict: Annotated[bool, typer.Option("--strict/--best-effort")] = True,
+    model: Model,
+    config: ConfigOpt = "int8",
+    target: TargetOpt = None,
+    data: DataOpt = None,
+    batch_size: BatchOpt = 32,
+    metric: Annotated[
+        str, typer.Option(**registry_choice("metric", "--metric"), help="bad-case metric")
+    ] = "cosine",
+    strict: StrictOpt = True,
     out: Annotated[Path, typer.Option(help="folder for tables and report.html")] = Path("out"),
 ) -> None:
     """Calibrate, find bad cases, compare layers, rank sensitivity, advise; write report.html."""
     import mixq
 
-    sim, batches = _model_and_data(model, config, data, batch_size, strict)
-    qa = mixq.QuantAnalysis(sim)
-    qa.run_all(batches, metric=metric, out_dir=out)
+    cfg = prepare(model, config, target, data)
+    check_output_folder("--out", out)
+    loaded = load_model(model)
+    with tempfile.TemporaryDirectory(prefix="mixq-") as scratch:
+        free = loaded.with_free_batch(Path(scratch))
+        if free is not loaded:
+            print_note(f"note: {model} has a fixed batch size; analysing a copy with a free batch "
+                  "dimension (bad cases are single samples)")  # fmt: skip
+        batches = load_data(free, data, "--data", batch_size)
+        sim = quantize_loaded(free, cfg, strict).calibrate(batches)
+        qa = mixq.QuantAnalysis(sim)
+        with staged(out) as folder:
+            qa.run_all(batches, metric=metric, out_dir=folder)
     console.print(qa.tables["advice"].to_text(), soft_wrap=True)
     console.print(f"wrote the tables, badcase.txt and report.html in {out}")
 
 
 @app.command()
 def export(
-    model: Annotated[str, typer.Argument(help="package.module:factory")],
-    config: Annotated[str, typer.Option(help="precision name, config or plan YAML")] = "int8",
-    data: Annotated[Path | None, typer.Option(help=".npz of calibration inputs")] = None,
-    batch_size: Annotated[int, typer.Option(help="batch size for --data")] = 32,
+    model: Model,
+    config: ConfigOpt = "int8",
+    target: TargetOpt = None,
+    data: DataOpt = None,
+    batch_size: BatchOpt = 32,
     formats: Annotated[
         list[str],
-        typer.Option("--format", help="vendor formats to write besides model.onnx (repeatable)"),
+        typer.Option(
+            "--format",
+            **registry_choice("format", "--format"),
+            help="vendor file besides model.onnx, written as model.<format><suffix> "
+            f"(model.qaic-npi.yaml); repeatable; one of {FORMAT_NAMES}",
+        ),
     ] = [],  # noqa: B006
     out: Annotated[Path, typer.Option(help="output folder")] = Path("out"),
 ) -> None:
     """Calibrate and write model.onnx (Q/DQ, checked in ONNX Runtime) and vendor files."""
-    from mixq.export.formats import FORMATS
-
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown:
-        raise typer.BadParameter(f"unknown format(s) {unknown}; choose from {list(FORMATS)}")
-    sim, _ = _model_and_data(model, config, data, batch_size, strict=True)
-    out.mkdir(parents=True, exist_ok=True)
-    console.print(sim.export_onnx(out / "model.onnx").to_text(), soft_wrap=True)
-    for fmt in formats:
-        console.print(f"wrote {sim.export(out / f'model{FORMATS[fmt].suffix}', fmt)}")
+    cfg = prepare(model, config, target, data)
+    check_output_folder("--out", out)
+    loaded = load_model(model)
+    batches = load_data(loaded, data, "--data", batch_size)
+    sim = quantize_loaded(loaded, cfg).calibrate(batches)
+    with staged(out) as folder:
+        report = sim.export_onnx(folder / "model.onnx").to_text()
+        console.print(report.replace(str(folder), str(out)), soft_wrap=True)
+        for fmt in formats:
+            with reported_as("--format", fmt):
+                sim.export(folder / vendor_file_name(fmt), fmt)
+    for name in ["model.onnx", *map(vendor_file_name, formats)]:
+        console.print(f"wrote {out / name}")
 
 
 @app.command()
 def search(
-    model: Annotated[str, typer.Argument(help="package.module:factory or model.onnx")],
+    model: Model,
     calib: Annotated[
-        Path | None, typer.Option(help=".npz of calibration inputs (else the example inputs)")
+        Path | None, typer.Option(help="calibration inputs, .npz as --data of other commands")
     ] = None,
     eval_: Annotated[
         Path | None, typer.Option("--eval", help=".npz of evaluation inputs (else --calib)")
@@ -199,33 +240,38 @@ def search(
         str | None, typer.Option(help="array of the eval .npz holding labels (metric: accuracy)")
     ] = None,
     metric: Annotated[
-        str | None, typer.Option(help="cosine, sqnr, l1, mse, kl or accuracy")
+        str | None,
+        typer.Option(**registry_choice("search-metric", "--metric"), help="score to reach"),
     ] = None,
     target: Annotated[
         str, typer.Option(help="score to reach: 0.99, drop:0.01 or rdrop:0.01 (relative)")
     ] = "0.99",
+    target_profile: Annotated[
+        str | None, typer.Option("--target-profile", help=TARGET_HELP)
+    ] = None,
     candidates: Annotated[
         str, typer.Option(help="precisions, comma-separated; activation/weight: int8/int4")
     ] = "int8,int16,fp16",
     strategy: Annotated[
         str | None,
         typer.Option(
-            help="ratio, fallback, pareto or budget (default: budget with --budget, else "
-            "fallback); a --budget also limits the others"
+            **registry_choice("strategy", "--strategy"),
+            help="default: budget with --budget, else fallback; a --budget also limits others",
         ),
     ] = None,
     budget: Annotated[
         str | None, typer.Option(help="fractions of all-int8: bops=0.5,weight_bytes=0.6")
     ] = None,
-    config: Annotated[str | None, typer.Option(help="base config: precision or YAML")] = None,
+    config: Annotated[str, typer.Option(help=f"base config: {CONFIG_HELP}")] = "int8",
     keep: Annotated[
         list[str], typer.Option(help="ops kept as --config has them (repeatable)")
     ] = [],  # noqa: B006
-    cost: Annotated[str, typer.Option(help="what cheapest means: bops, latency, weight_bytes")] = (
-        "bops"
-    ),
+    cost: Annotated[
+        str, typer.Option(**registry_choice("cost", "--cost"), help="what cheapest means")
+    ] = "bops",
     transform: Annotated[
-        list[str], typer.Option(help="float transform applied first: smooth, equalize (repeatable)")
+        list[str],
+        typer.Option(**registry_choice("transform", "--transform"), help="float transform first"),
     ] = [],  # noqa: B006
     ratio: Annotated[float | None, typer.Option(help="ratio strategy: fraction raised")] = None,
     points: Annotated[int, typer.Option(help="pareto strategy: plans along the curve")] = 10,
@@ -240,31 +286,41 @@ def search(
 ) -> None:
     """Search per-op precisions for the cheapest plan meeting --target; exit 3 if missed."""
     import mixq
-    from mixq.cli.inputs import load_batches, load_labels
 
-    goal, options = _parse_target(target), _parse_candidates(candidates)
-    limits = _parse_budget(budget) if budget is not None else None
-    from mixq.search.registry import STRATEGIES
-
-    if strategy is not None and strategy not in STRATEGIES:
-        raise typer.BadParameter(f"unknown strategy {strategy!r}: use {', '.join(STRATEGIES)}")
+    goal, options = parse_score_target(target), parse_candidates(candidates)
+    limits = parse_budget(budget) if budget is not None else None
+    cfg = prepare(model, config, target_profile, calib)
+    if isinstance(cfg, str):
+        with reported_as("--config", cfg):
+            cfg = mixq.Plan.load(cfg)
+    check_input_file("--eval", eval_)
+    check_output_file("--history", history)
+    if out is not None:
+        check_output_folder("--out", out)
     data_path = eval_ or calib
     if labels is not None and data_path is None:
-        raise typer.BadParameter("--labels names an array of --eval (or --calib); give one")
-    net, inputs = load_model(model)
+        raise CliError("--labels names an array of --eval (or --calib); give one")
+    loaded = load_model(model)
     skip = [labels] if labels else []
-    calib_batches = load_batches(calib, batch_size, skip) if calib is not None else [inputs]
+    calib_batches = load_data(loaded, calib, "--calib", batch_size, skip)
+    eval_batches = load_data(loaded, eval_, "--eval", batch_size, skip) if eval_ else None
+    with reported_as("--labels", labels):
+        label_batches = (
+            load_labels(data_path, labels, batch_size, loaded.inputs or None)
+            if labels and data_path
+            else None
+        )
     result = mixq.search(
-        net,
-        inputs,
+        loaded.model,
+        loaded.example_inputs,
         calib=calib_batches,
         evaluate=metric or ("accuracy" if labels else "cosine"),
         target=goal,
         candidates=options,
         strategy=strategy or ("budget" if limits else "fallback"),
-        data=load_batches(data_path, batch_size, skip) if data_path is not None else None,
-        labels=load_labels(data_path, labels, batch_size) if labels and data_path else None,
-        config=config,
+        data=eval_batches if eval_batches is not None else (calib_batches if calib else None),
+        labels=label_batches,
+        config=cfg,
         budget=limits,
         keep=keep,
         ratio=ratio,
@@ -279,85 +335,64 @@ def search(
     console.print(result.table().to_text(), soft_wrap=True)
     console.print(result.summary(), soft_wrap=True)
     if out is not None:
-        result.save(out)
+        with staged(out) as folder:
+            result.save(folder)
         console.print(f"wrote plan.yaml, points.json and search.html in {out}")
     raise typer.Exit(0 if result.met_target else 3)
-
-
-def _parse_target(text: str) -> Any:
-    """``0.99`` -> 0.99, ``drop:0.01`` -> an absolute drop, ``rdrop:0.01`` -> a relative one."""
-    kind, _, value = text.rpartition(":")
-    try:
-        number = float(value)
-    except ValueError:
-        number = None
-    if number is None or kind not in ("", "drop", "rdrop"):
-        raise typer.BadParameter(
-            f"--target {text!r}: write a score (0.99), drop:0.01 (absolute drop from the float "
-            "model) or rdrop:0.01 (relative drop)"
-        )
-    return number if not kind else {"drop": number, "relative": kind == "rdrop"}
-
-
-def _parse_candidates(text: str) -> list[Any]:
-    from mixq.search.space import parse_candidates
-
-    try:
-        return parse_candidates([c.strip() for c in text.split(",") if c.strip()])
-    except ValueError as e:
-        raise typer.BadParameter(f"--candidates {text!r}: {e}") from None
-
-
-def _parse_budget(text: str) -> dict[str, float]:
-    """``bops=0.5,weight_bytes=0.6`` -> {"bops": 0.5, "weight_bytes": 0.6}."""
-    from mixq.search.milp import BUDGET_KEYS
-
-    usage = (
-        f"--budget {text!r}: write KEY=FRACTION of the all-int8 cost, comma-separated, with KEY "
-        f"one of {', '.join(BUDGET_KEYS)} and FRACTION > 0, e.g. bops=0.5"
-    )
-    out: dict[str, float] = {}
-    for item in text.split(","):
-        key, _, value = (s.strip() for s in item.partition("="))
-        try:
-            out[key] = float(value)
-        except ValueError:
-            raise typer.BadParameter(usage) from None
-        if key not in BUDGET_KEYS or not out[key] > 0:
-            raise typer.BadParameter(usage)
-    return out
 
 
 @app.command()
 def convert(
     src: Annotated[Path, typer.Argument(help="vendor file to read")],
-    dst: Annotated[Path, typer.Argument(help="file to write")],
-    to: Annotated[str, typer.Option("--to", help="format to write")],
+    dst: Annotated[Path, typer.Argument(help="file to write (its folder must exist)")],
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to", **registry_choice("format", "--to"), help=f"format to write: {FORMAT_NAMES}"
+        ),
+    ],
     from_: Annotated[
-        str | None, typer.Option("--from", help="format of SRC (else guessed)")
+        str | None,
+        typer.Option(
+            "--from", **registry_choice("format", "--from"), help="format of SRC (else guessed)"
+        ),
     ] = None,
     plan: Annotated[Path | None, typer.Option(help="plan.yaml, for formats that need one")] = None,
-    model: Annotated[str | None, typer.Option(help="package.module:factory, for a graph")] = None,
+    model: Annotated[str | None, typer.Option(help=f"{MODEL_HELP}, for its graph")] = None,
 ) -> None:
     """Convert between qaic lists, Ascend lists, AIMET encodings and ORT overrides."""
     import mixq
+    from mixq.export.formats import FORMATS
     from mixq.export.formats import convert as convert_file
 
+    check_input_file("SRC", src)
+    check_input_file("--plan", plan)
+    check_output_file("DST", dst)
+    if model is not None:
+        check_model_spec(model)
+    needs = FORMATS[to].needs
+    if "graph" in needs and model is None:
+        raise CliError(f"--to {to} names ops of the model: add --model MODEL")
+    if "plan" in needs and plan is None and model is None:
+        raise CliError(
+            f"--to {to} writes per-op precisions: add --plan plan.yaml (from `mixq plan` or "
+            "`mixq calibrate`) or --model MODEL"
+        )
+    with reported_as("--plan", plan):
+        loaded_plan = mixq.Plan.load(plan) if plan is not None else None
     graph = None
     if model is not None:
-        net, inputs = load_model(model)
-        graph = mixq.quantize(net, inputs, str(plan) if plan else None).graph
-    loaded = mixq.Plan.load(plan) if plan is not None else None
-    path = convert_file(src, dst, to, from_format=from_, plan=loaded, graph=graph)
+        loaded = load_model(model)
+        graph = quantize_loaded(loaded, str(plan) if plan else None).graph
+    try:
+        path = convert_file(src, dst, to, from_format=from_, plan=loaded_plan, graph=graph)
+    except (ValueError, KeyError) as e:
+        text = str(e).replace("pass graph= (sim.graph), and plan= for its default", "add --model")
+        text = text.replace("pass plan= and graph= (sim.plan, sim.graph)", "add --plan and --model")
+        raise CliError(f"convert {src} --to {to}: {text}") from None
     console.print(f"wrote {path}")
 
 
-def main() -> None:
-    """Entry point: user errors print their message (no traceback) and exit with status 2."""
-    from mixq.core.errors import MixqError
-
-    try:
-        app()
-    except MixqError as e:
-        Console(stderr=True).print(f"error: {e}", soft_wrap=True)
-        raise SystemExit(2) from None
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: a user's mistake prints ``error: ...`` (one line) and exits with 2."""
+    raise SystemExit(run(app, argv))

@@ -34,6 +34,13 @@ def _is_float(node: Any) -> bool:
     return isinstance(val, torch.Tensor) and val.dtype == torch.float32
 
 
+def _converts_dtype(node: fx.Node) -> bool:
+    """An explicit cast in the model (RMSNorm's ``x.to(torch.float32)``, ``.float()``): its
+    output has the dtype it names, not the island's, so it cannot be an island op; it
+    stays a cast and its neighbours cast at the boundary as for any fp32 value."""
+    return "dtype" in node.kwargs or any(isinstance(a, torch.dtype) for a in node.args)
+
+
 class _Islands:
     def __init__(self, gm: fx.GraphModule, sim: Any) -> None:
         self.gm, self.sim, self.graph = gm, sim, gm.graph
@@ -50,7 +57,7 @@ class _Islands:
                 continue
             precision = plan.output[0]
             node = self.nodes.get(self.sim.op_nodes.get(op.name, ""))
-            if precision in _DTYPES and node is not None:
+            if precision in _DTYPES and node is not None and not _converts_dtype(node):
                 self._island(node, precision)
                 done.setdefault(precision, []).append(op.name)
         self.graph.lint()

@@ -4,7 +4,10 @@
   outputs carry their input's encoding and get none); the groups are the plan's target's
   (with ``ort-cpu`` a residual add is not fused, so a conv's output before it is a point);
 - a conversion point where an op reads a tensor at a lower precision than it was produced
-  (e.g. an int16 tensor read by an int8 op), shared by all readers at that precision;
+  (e.g. an int16 tensor read by an int8 op), shared by all readers at that precision; under
+  a runtime's placement (``ort-cpu``: layer norms, GELU, residual adds in float) a float-
+  produced tensor that integer kernels read gets its one quantizer here, on the readers'
+  edge (the Q/K/V linears after a LayerNorm share one), not on the producer's output;
 - a weight point per quantized weight (named by its parameter).
 
 fp32 needs no quantizer, so no point is made for it.

@@ -13,6 +13,9 @@ Precedence, one rule at a time (each has its own test):
    before it) runs at one activation precision: the member decided by the latest
    rule sets it for all (two different explicit requests inside one group are a
    conflict: strict mode raises, best-effort keeps the later and notes it).
+   With a target that lists ``integer_kernels`` (``ort-cpu``), ops it computes in float
+   then get fp32 activations unless a rule named them; ``to_float`` kernels (MatMul-
+   IntegerToFloat) keep quantized inputs and give a float output.
 5. Data-movement ops take the precision of the tensor they read (``inherits <tensor>``).
 6. The target profile checks every op: strict mode raises `ConflictError` naming the op,
    what it wants and what the target allows; best-effort moves it to the nearest
@@ -44,6 +47,8 @@ from mixq.rules.ascend import MixLists
 from mixq.rules.config import Config
 from mixq.rules.requests import ModelIORequest, PrecisionModeRequest, Request, Rule
 from mixq.targets.fusion import target_fusion_groups
+from mixq.targets.kernels import QLINEAR, QLINEAR_IF_QUANTIZED, TO_FLOAT, writes_as_gemm
+from mixq.targets.loading import load_target
 
 __all__ = ["Resolution", "resolve", "resolve_with_report"]
 
@@ -93,6 +98,7 @@ class _Resolver:
             self.res.requests.append(rule.to_dict())
             self._apply(i, rule)
         self._unify_groups()
+        self._runtime_placement()
         ops = self._inherit(self._check_target(self._op_plans()))
         produced = tensor_precisions(self.graph, ops, self.inputs)
         model_inputs = {t: produced[t] for t in self.graph.inputs if t in produced}
@@ -231,6 +237,57 @@ class _Resolver:
                 ds[win].act_in, ds[win].act_out, d.weight, rule, ds[win].order
             )
 
+    def _runtime_placement(self) -> None:
+        """Ops the target computes in float get no activation quantizers (step 4b).
+
+        With a profile's ``integer_kernels`` (``ort-cpu``), a fusion group whose anchor has
+        no integer kernel runs in fp32; a ``to_float`` anchor (MatMulIntegerToFloat) keeps
+        its quantized inputs and gives a float output; ``qlinear`` anchors keep both. An
+        explicit request still wins. The quantizer a float-produced tensor needs then sits on
+        the integer readers' edge (a conversion point, `mixq.plan.points`).
+        """
+        profile = load_target(self.config.target)
+        if profile.integer_kernels is None:
+            return
+        groups = target_fusion_groups(self.graph, self.config.target)
+        root = aliases(self.graph)
+        for op in self.ops:  # topological order: producers are decided first
+            d = self.decisions[op.name]
+            if d.order >= 0 or is_data_movement(op.kind):
+                continue
+            group = groups.get(op.name)
+            anchor = self.graph.ops[group.anchor] if group is not None else op
+            style = self._kernel_style(profile.kernel(anchor.kind), anchor, root)
+            if style == QLINEAR:
+                continue
+            act_in = d.act_in if style == TO_FLOAT and anchor.name == op.name else "fp32"
+            # a float op's quantized weight would be dequantized on every run (ORT does not
+            # fold DequantizeLinear into a Gather or LayerNorm): it buys size, costs time
+            weight = d.weight if style == TO_FLOAT else {r: "fp32" for r in d.weight}
+            where = "in float" if style is None else f"in integer with a float output ({style})"
+            rule = f"{d.rule}; {profile.name} runs {anchor.kind} {where}"
+            self.decisions[op.name] = _Decision(act_in, "fp32", weight, rule, d.order)
+
+    def _kernel_style(self, style: str | None, anchor: Op, root: dict[str, str]) -> str | None:
+        if style == QLINEAR_IF_QUANTIZED:
+            return QLINEAR if self._inputs_quantized(anchor, root) else None
+        if style == TO_FLOAT and writes_as_gemm(self.graph, anchor):
+            return QLINEAR  # ORT fuses a Gemm only with a quantized output (QGemm)
+        return style
+
+    def _inputs_quantized(self, op: Op, root: dict[str, str]) -> bool:
+        """Whether every float input of ``op`` is produced quantized (by its decision now)."""
+        for t in self.graph.float_inputs(op):
+            producer = self.graph.tensors[root[t]].producer
+            if producer is None:
+                if self.inputs.get(t, "fp32") == "fp32":
+                    return False
+                continue
+            d = self.decisions.get(producer)
+            if d is None or d.act_out == "fp32":
+                return False
+        return True
+
     def _op_plans(self) -> dict[str, OpPlan]:
         g = self.graph
         ops: dict[str, OpPlan] = {}
@@ -264,8 +321,6 @@ class _Resolver:
         return ops
 
     def _check_target(self, ops: dict[str, OpPlan]) -> dict[str, OpPlan]:
-        from mixq.targets import load_target
-
         profile = load_target(self.config.target)
         for name, op in ops.items():
             if is_data_movement(op.kind) and op.rule.startswith("inherits"):

@@ -22,7 +22,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ import torch
 from mixq.analysis.metrics import float_leaves, get_metric
 from mixq.core.errors import CalibrationError, ConfigError
 from mixq.core.records import Record
-from mixq.plan.cost import PlanCost, plan_cost
+from mixq.plan.cost import OpStats, PlanCost, op_cost, plan_cost
 from mixq.plan.plan import Plan
 from mixq.search.sims import SimFactory
 from mixq.search.space import Candidate, SearchSpace
@@ -247,7 +247,16 @@ class Trials:
         return time.monotonic() - self.started
 
     def cost(self, plan: Plan) -> PlanCost:
-        return plan_cost(self.space.graph, plan, self.space.stats)
+        """The plan's cost; a ``to_float`` op's latency is its integer kernel's
+        (`SearchSpace.computed`), not its float output's."""
+        cost = plan_cost(self.space.graph, plan, self.space.stats)
+        table, stats = self.space.profile.cost, self.space.stats
+        credit = sum(
+            op_cost(op, stats.get(op.name, OpStats()), table)["latency"]
+            - op_cost(self.space.computed(op), stats.get(op.name, OpStats()), table)["latency"]
+            for op in plan
+        )
+        return replace(cost, latency=cost.latency - credit) if credit else cost
 
     def plan(self, assignment: dict[str, Candidate]) -> tuple[Plan, dict[str, float]]:
         """The plan of ``assignment`` and its cost (as a dict), made once per assignment."""

@@ -49,12 +49,16 @@ Assignment = dict[str, Candidate]
 
 
 def _deps(space: SearchSpace, name: str) -> list[str]:
-    """The units an op's cost depends on: its own, then its inputs' producers (at most two)."""
+    """The units an op's cost depends on: its own, then its inputs' producers (at most two);
+    a producer whose output leaves it in float (``to_float``, float units) does not count,
+    as the op reads that tensor at its own unit's choice."""
     owner = space.unit_of[name]
     srcs = []
     for t in space.graph.float_inputs(space.graph.ops[name]):
         src = space.source(t)
-        if src is not None and src != owner and src not in srcs:
+        if src is None or not (space.produces_quantized(src) or space.units[src].input):
+            continue
+        if src != owner and src not in srcs:
             srcs.append(src)
     return [owner, *srcs][:2] if len(srcs) < 2 else srcs[:2]
 
@@ -113,7 +117,7 @@ class _Program:
         for combo in product(*options):
             choice = {**cheapest, **dict(zip(deps, combo, strict=True))}
             op = space.op_at(name, choice)
-            cost = op_cost(op, stats, space.profile.cost)
+            cost = op_cost(space.computed(op), stats, space.profile.cost)
             bad = bool(space.profile.violations(op))
             if len(deps) == 1:
                 i = self.x[(deps[0], combo[0])]

@@ -36,12 +36,13 @@ def nmse(ref: torch.Tensor, out: torch.Tensor) -> float:
 
 
 def own_quantizers(sim: SimLike, unit: Unit) -> list[str]:
-    """The quantizers a unit's choice decides: its ops' outputs and weights (a model
-    input's own quantizer for an input unit)."""
+    """The quantizers a unit's choice decides: its ops' outputs and weights, and the
+    conversions on its input edge (a ``to_float`` unit reading a float-produced tensor);
+    a model input's own quantizer for an input unit."""
     if unit.input is not None:
         return [p.name for p in sim.points if p.op is None and p.target == unit.input]
     ops = set(unit.ops)
-    return [p.name for p in sim.points if p.op in ops and not p.readers]
+    return [p.name for p in sim.points if (p.op in ops and not p.readers) or ops & set(p.readers)]
 
 
 def _outputs(runner: Any, run: Any) -> torch.Tensor:

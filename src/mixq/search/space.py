@@ -10,6 +10,13 @@ activation only). Choosing candidate ``(a, w)`` for a unit sets:
   output activation and its weights) and no conversion appears between units;
 - its compute at ``a`` on its own side (internal tensors of the fused kernel).
 
+Under a target that lists ``integer_kernels`` (``ort-cpu``, `mixq.targets.kernels`),
+units the runtime computes in float are fixed at fp32 (not searched); fp32 is an option of
+every other unit; a ``to_float`` unit (a linear ORT runs as MatMulIntegerToFloat) produces a
+float output, and its choice sets the precision its integer kernel reads its float-produced
+inputs at (the quantizer on its input edge) and its weights. The cost of a ``to_float`` op
+is its integer kernel's, not its float output's.
+
 The error a unit adds is then local to it, which the sensitivity and the integer program
 rely on; and the BOPs of an op depend on the choice of its unit and of its input's
 producer (the pairs `mixq.search.milp` models).
@@ -25,7 +32,6 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from mixq.core.errors import ConfigError
 from mixq.core.qtypes import qtype
@@ -36,52 +42,11 @@ from mixq.graph.match import match_ops
 from mixq.plan.cost import OpStats, op_cost
 from mixq.plan.plan import OpPlan, Plan
 from mixq.plan.tensors import aliases, tensor_precisions
+from mixq.search.candidates import Candidate, parse_candidates
 from mixq.targets import TargetProfile, load_target
+from mixq.targets.kernels import QLINEAR, QLINEAR_IF_QUANTIZED, TO_FLOAT, writes_as_gemm
 
 __all__ = ["Candidate", "SearchSpace", "Unit", "parse_candidates"]
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """An (activation, weight) precision pair a unit may take."""
-
-    activation: str
-    weight: str
-
-    def __str__(self) -> str:
-        if self.activation == self.weight:
-            return self.activation
-        return f"{self.activation}/{self.weight}"
-
-    def __repr__(self) -> str:
-        return f"Candidate({self.activation!r}, {self.weight!r})"
-
-
-def parse_candidates(candidates: Iterable[Any]) -> list[Candidate]:
-    """``"int8"`` (both), ``("int8", "int4")`` or ``"int8/int4"`` (activation, weight)."""
-    out: list[Candidate] = []
-    for c in candidates:
-        if isinstance(c, Candidate):
-            pair = (c.activation, c.weight)
-        elif isinstance(c, str):
-            a, _, w = c.partition("/")
-            pair = (a, w or a)
-        elif isinstance(c, (tuple, list)) and len(c) == 2:
-            pair = (str(c[0]), str(c[1]))
-        else:
-            raise ConfigError(
-                f"candidate {c!r} is not a precision name or an (activation, weight) pair; "
-                "write e.g. 'int8', ('int8', 'int4') or 'int8/int4'"
-            )
-        try:
-            cand = Candidate(qtype(pair[0]).name, qtype(pair[1]).name)
-        except ValueError as e:
-            raise ConfigError(f"candidate {c!r}: {e}") from None
-        if cand not in out:
-            out.append(cand)
-    if not out:
-        raise ConfigError("no candidates: give at least one precision, e.g. ['int8', 'int16']")
-    return out
 
 
 @dataclass
@@ -98,6 +63,8 @@ class Unit:
         fixed: kept as the base plan has it (no option, or the user asked to keep it).
         base: its choice in the base plan.
         input: for a model-input unit, the input tensor (its ops are empty).
+        style: how the target runs it (`mixq.targets.kernels`: ``qlinear``, ``to_float``;
+            None: in float, so the unit is fixed).
     """
 
     name: str
@@ -108,6 +75,7 @@ class Unit:
     fixed: bool = False
     base: Candidate = field(default_factory=lambda: Candidate("fp32", "fp32"))
     input: str | None = None
+    style: str | None = QLINEAR
 
 
 class SearchSpace:
@@ -138,6 +106,7 @@ class SearchSpace:
         self.unit_of: dict[str, str] = {}
         self._touching: dict[str, list[str]] = {}
         self._make_units()
+        self._place_units()
         kept = {n for t in keep for n in self._match_keep(t)}
         for unit in self.units.values():
             unit.options = self._options(unit)
@@ -176,6 +145,35 @@ class SearchSpace:
                 if src is not None and src != self.unit_of[op.name]:
                     self.units[src].reads.append((op.name, i))
 
+    def _place_units(self) -> None:
+        """Each unit's kernel style, producers first (a residual add is integer only when its
+        inputs arrive quantized); a model input read by float units only is float too."""
+        if self.profile.integer_kernels is None:
+            return
+        if Candidate("fp32", "fp32") not in self.candidates:
+            self.candidates = [*self.candidates, Candidate("fp32", "fp32")]
+        for u in self.units.values():
+            if u.input is not None:
+                continue
+            anchor = self.graph.ops[u.name]
+            style = self.profile.kernel(anchor.kind)
+            if style == QLINEAR_IF_QUANTIZED:
+                srcs = [self.source(t) for t in self.graph.float_inputs(anchor)]
+                quantized = all(x is not None and self.produces_quantized(x) for x in srcs)
+                style = QLINEAR if quantized else None
+            if style == TO_FLOAT and writes_as_gemm(self.graph, anchor):
+                style = QLINEAR
+            u.style = style
+        for u in self.units.values():
+            readers = {self.unit_of[op] for op, _ in u.reads}
+            if u.input is not None and all(self.units[r].style is None for r in readers):
+                u.style = None
+
+    def produces_quantized(self, unit: str) -> bool:
+        """Whether ``unit``'s output leaves it quantized (``qlinear``, or a model input)."""
+        u = self.units[unit]
+        return u.style == QLINEAR
+
     def _match_keep(self, target: str) -> list[str]:
         names = match_ops(self.graph, target)
         if not names:
@@ -185,6 +183,8 @@ class SearchSpace:
         return names
 
     def _options(self, unit: Unit) -> list[Candidate]:
+        if unit.style is None:
+            return []  # the target computes it in float: fixed at the base plan's fp32
         kinds = {self.graph.ops[n].kind for n in unit.ops}
         kinds |= {self.graph.ops[op].kind for op, _ in unit.reads}
         weighted = [self.graph.ops[n].kind for n in unit.ops if self.graph.ops[n].weights]
@@ -204,7 +204,7 @@ class SearchSpace:
         order of its options."""
         lat = bops = 0.0
         for name in unit.ops:
-            op = self._at(self.base.ops[name], cand, cand.activation)
+            op = self.computed(self._at(self.base.ops[name], cand, cand.activation))
             c = op_cost(op, self.stats.get(name, OpStats()), self.profile.cost)
             lat, bops = lat + c["latency"], bops + c["bops"]
         return lat, bops
@@ -216,6 +216,9 @@ class SearchSpace:
         last = self.base.ops[unit.ops[-1]]
         weights = [w for n in unit.ops for w in self.base.ops[n].weight.values()]
         act = last.output[0] if last.output else (last.input[0] if last.input else "fp32")
+        if unit.style == TO_FLOAT:
+            first = self.base.ops[unit.ops[0]]
+            act = first.input[0] if first.input else act
         return Candidate(act, weights[0] if weights else act)
 
     @property
@@ -239,7 +242,7 @@ class SearchSpace:
 
     def key(self, assignment: dict[str, Candidate]) -> str:
         """A stable short id of an assignment (what the history is keyed on)."""
-        text = json.dumps([str(assignment[u]) for u in sorted(self.units)])
+        text = json.dumps([str(assignment.get(u, self.units[u].base)) for u in sorted(self.units)])
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
     def plan(self, assignment: dict[str, Candidate], label: str = "search") -> Plan:
@@ -257,7 +260,7 @@ class SearchSpace:
             for name, i in u.reads:
                 op = ops[name]
                 ins = list(op.input)
-                ins[i] = act[u.name]
+                ins[i] = self._read_at(u.name, self.unit_of[name], act)
                 ops[name] = replace(op, input=tuple(ins))
         inputs = {u.input: act[u.name] for u in self.units.values() if u.input is not None}
         ops = self._data_movement(ops, {**self.base.inputs, **inputs})
@@ -279,7 +282,9 @@ class SearchSpace:
         for i, t in enumerate(self.graph.float_inputs(self.graph.ops[name])):
             src = self.source(t)
             if src is not None and src != owner.name:
-                ins[i] = choice[src].activation
+                pick = {u: choice.get(u, self.units[u].base) for u in (src, owner.name)}
+                act = {u: c.activation for u, c in pick.items()}
+                ins[i] = self._read_at(src, owner.name, act)
         return replace(op, input=tuple(ins))
 
     def move_cost(
@@ -295,8 +300,9 @@ class SearchSpace:
         delta = 0.0
         for name in self._touching[unit]:
             stats = self.stats.get(name, OpStats())
-            after = op_cost(self.op_at(name, moved), stats, self.profile.cost)[field_]
-            delta += after - op_cost(self.op_at(name, assignment), stats, self.profile.cost)[field_]
+            after = op_cost(self.computed(self.op_at(name, moved)), stats, self.profile.cost)
+            before = op_cost(self.computed(self.op_at(name, assignment)), stats, self.profile.cost)
+            delta += after[field_] - before[field_]
         return delta
 
     def _at(self, op: OpPlan, cand: Candidate, inputs: str | None) -> OpPlan:
@@ -311,12 +317,31 @@ class SearchSpace:
             inputs or (cand.activation if inside else p)
             for p, inside in zip(op.input, own, strict=True)
         )
+        owner = self.units.get(self.unit_of.get(op.name, ""))
+        style = owner.style if owner is not None else QLINEAR
+        out = cand.activation if style == QLINEAR else "fp32"
         return replace(
             op,
             input=ins,
-            output=(cand.activation,) * len(op.output),
+            output=(out,) * len(op.output),
             weight={r: cand.weight for r in op.weight},
         )
+
+    def _read_at(self, src: str, reader: str, act: dict[str, str]) -> str:
+        """The precision ``reader``'s unit reads ``src``'s output at: as produced when it
+        leaves ``src`` quantized; else at the reader's own choice where its kernel is
+        integer (the quantizer on its input edge), else fp32."""
+        if self.produces_quantized(src) or self.units[src].input is not None:
+            return act[src]
+        return act[reader] if self.units[reader].style is not None else "fp32"
+
+    def computed(self, op: OpPlan) -> OpPlan:
+        """``op`` as its cost counts it: a ``to_float`` op computes at its inputs' precision
+        (MatMulIntegerToFloat), not its float output's."""
+        owner = self.units.get(self.unit_of.get(op.name, ""))
+        if owner is None or owner.style != TO_FLOAT or not op.input:
+            return op
+        return replace(op, output=(op.input[0],) * len(op.output))
 
     def _data_movement(self, ops: dict[str, OpPlan], inputs: dict[str, str]) -> dict[str, OpPlan]:
         produced = tensor_precisions(self.graph, ops, inputs)

@@ -48,6 +48,7 @@ from mixq.core.validation import (
     read_yaml,
     version_number,
 )
+from mixq.targets.kernels import QLINEAR, checked_kernels
 from mixq.targets.support import (
     KindSupport,
     OpPrecisions,
@@ -62,7 +63,8 @@ from mixq.targets.support import (
 
 __all__ = ["BUILTIN_TARGETS", "TARGET_VERSION", "KindSupport", "TargetProfile"]
 
-TARGET_VERSION = 2  # 2: fuse_residual_add (a version-1 profile fuses the add, as before)
+# 2: fuse_residual_add (a version-1 profile fuses the add, as before); 3: integer_kernels
+TARGET_VERSION = 3
 
 BUILTIN_TARGETS: tuple[str, ...] = ("generic", "int8-int16-npu", "fp16-npu", "ort-cpu")
 
@@ -75,6 +77,7 @@ _KEYS = (
     "kinds",
     "cost",
     "fuse_residual_add",
+    "integer_kernels",
 )
 
 
@@ -93,6 +96,8 @@ class TargetProfile:
         fuse_residual_add: whether a residual add runs fused into the conv / linear before
             it, with no quantizer between them (NPUs); False gives the add quantized inputs
             and a kernel of its own (ONNX Runtime CPU: QLinearConv, then QLinearAdd).
+        integer_kernels: op kind → how the runtime runs it in integer (`mixq.targets.kernels`);
+            None (NPUs): every kind in integer; else unlisted kinds compute in float.
 
     Example:
         >>> p = TargetProfile("tiny", "int8 only", KindSupport(["int8"], ["int8"]), {},
@@ -111,6 +116,7 @@ class TargetProfile:
     notes: tuple[str, ...] = ()
     fuse_residual_add: bool = True
     version: int = TARGET_VERSION
+    integer_kernels: dict[str, str] | None = None
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -134,6 +140,8 @@ class TargetProfile:
                 f"{self.fuse_residual_add!r}"
             )
         object.__setattr__(self, "kinds", dict(self.kinds))
+        kernels = checked_kernels(self.integer_kernels, self.name)
+        object.__setattr__(self, "integer_kernels", kernels)
         object.__setattr__(self, "notes", _note_list(self.notes, self.name))
         object.__setattr__(self, "cost", self._checked_cost())
 
@@ -163,6 +171,18 @@ class TargetProfile:
     def support(self, kind: str) -> KindSupport:
         """The support for op ``kind``: its own entry, else the profile's default."""
         return self.kinds.get(kind, self.default)
+
+    def kernel(self, kind: str) -> str | None:
+        """How the target runs ``kind`` in integer (a `mixq.targets.kernels` style), or None
+        when it computes ``kind`` in float; every kind is ``qlinear`` without ``integer_kernels``.
+
+        Example:
+            >>> [TargetProfile.load("ort-cpu").kernel(k) for k in ("matmul", "gelu")]
+            ['to_float', None]
+        """
+        if self.integer_kernels is None:
+            return QLINEAR
+        return self.integer_kernels.get(kind)
 
     def violations(self, op: OpPrecisions) -> list[str]:
         """What in ``op`` this target cannot run, one message per problem ([] if none).
@@ -288,7 +308,7 @@ class TargetProfile:
             "kinds": {k: s.to_dict() for k, s in self.kinds.items()},
             "cost": dict(self.cost),
             "fuse_residual_add": self.fuse_residual_add,
-        }
+        } | ({} if (k := self.integer_kernels) is None else {"integer_kernels": dict(k)})
 
     @classmethod
     def from_dict(cls, data: Any) -> TargetProfile:
@@ -321,6 +341,7 @@ class TargetProfile:
             cost=data["cost"],
             notes=data.get("notes") or (),
             fuse_residual_add=data.get("fuse_residual_add", True),
+            integer_kernels=data.get("integer_kernels"),
             version=version_number(data.get("version", TARGET_VERSION), where),
         )
 

@@ -1,0 +1,76 @@
+"""The search under a runtime's placement (issue 12 part 2): under ``ort-cpu`` the units ORT
+computes in float are not searched, fp32 is an ordinary option of the others, and the cost
+model counts a MatMulIntegerToFloat at its integer cost and float ops at fp32's."""
+
+from __future__ import annotations
+
+import pytest
+
+import mixq
+from mixq import zoo
+from mixq.rules.resolve import resolve
+from mixq.search.engine import Evaluator, Trials
+from mixq.search.sims import SimFactory
+from mixq.search.space import Candidate, SearchSpace, parse_candidates
+
+INT8, FP32 = Candidate("int8", "int8"), Candidate("fp32", "fp32")
+
+
+@pytest.fixture(scope="module")
+def bert_space():
+    def make(target: str) -> SearchSpace:
+        model, inputs = zoo.bert()
+        factory = SimFactory(model, inputs, [inputs])
+        base = resolve(factory.graph, mixq.Config(default="int8", target=target), strict=False)
+        stats = factory.build(base).op_stats()
+        space = SearchSpace(factory.graph, base, parse_candidates(["int8", "int16"]), stats)
+        space.factory = factory  # type: ignore[attr-defined]
+        return space
+
+    return make
+
+
+def test_float_units_are_fixed_and_integer_units_offer_fp32(bert_space):
+    space = bert_space("ort-cpu")
+    by_kind = {}
+    for u in space.units.values():
+        by_kind.setdefault(u.kind, []).append(u)
+    for kind in ("layer_norm", "softmax", "gelu", "add", "embedding"):
+        assert all(u.fixed and u.options == [FP32] for u in by_kind[kind]), kind
+    for kind in ("linear", "matmul"):
+        assert all(not u.fixed and u.style == "to_float" for u in by_kind[kind]), kind
+        assert all(u.options[:2] == [INT8, FP32] for u in by_kind[kind]), kind  # fp32 < int16
+
+
+def test_npu_target_searches_every_unit_and_adds_no_fp32(bert_space):
+    space = bert_space("int8-int16-npu")
+    assert all(FP32 not in u.options for u in space.free)
+    assert any(u.kind == "layer_norm" for u in space.free)
+
+
+def test_all_int8_plan_is_the_resolved_placement(bert_space):
+    space = bert_space("ort-cpu")
+    plan = space.plan(space.uniform(cand=INT8))
+    for name, op in space.base.ops.items():
+        assert (plan[name].input, plan[name].output) == (op.input, op.output), name
+
+
+def test_a_linear_at_fp32_reads_float_and_the_others_keep_their_edge(bert_space):
+    space = bert_space("ort-cpu")
+    q = "encoder.layer.0.attention.self.query"
+    plan = space.plan({**space.uniform(cand=INT8), q: FP32})
+    assert plan[q].input == ("fp32",) and plan[q].weight == {"weight": "fp32"}
+    assert plan["encoder.layer.0.attention.self.key"].input == ("int8",)
+    mm = plan["encoder.layer.0.attention.self.matmul"]
+    assert mm.input == ("int8", "int8") and mm.output == ("fp32",)
+
+
+def test_cost_counts_to_float_ops_at_integer_cost_and_fp32_dearer(bert_space):
+    space = bert_space("ort-cpu")
+    trials = Trials(space, space.factory, Evaluator("cosine", []), 0.9, "latency")
+    int8 = trials.plan(space.uniform(cand=INT8))[1]["latency"]
+    fp32 = trials.plan(space.uniform(cand=FP32))[1]["latency"]
+    q = "encoder.layer.0.attention.self.query"
+    one = trials.plan({**space.uniform(cand=INT8), q: FP32})[1]["latency"]
+    assert int8 < one < fp32
+    assert space.move_cost(space.uniform(cand=INT8), q, FP32, "latency") > 0
