@@ -4,7 +4,7 @@ example_inputs)``) or an ``.onnx`` path, loaded with a description of its inputs
 Example:
     >>> loaded = load_model("mixq.zoo:mlp")
     >>> [(i.name, i.example) for i in loaded.inputs]
-    [('x', (1, 8, 8))]
+    [('input', (1, 8, 8))]
 """
 
 from __future__ import annotations
