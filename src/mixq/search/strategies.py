@@ -6,8 +6,9 @@ a strategy stopped half-way still leaves everything it found. The integer progra
 `mixq.search.milp`.
 
 Example:
-    >>> raise_one.__name__, fallback_search.__name__
-    ('raise_one', 'fallback_search')
+    >>> from mixq.search.registry import STRATEGIES
+    >>> sorted(STRATEGIES), STRATEGIES["fallback"] is fallback_search
+    (['budget', 'fallback', 'pareto', 'ratio'], True)
 """
 
 from __future__ import annotations

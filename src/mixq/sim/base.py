@@ -21,9 +21,10 @@ from __future__ import annotations
 import difflib
 import json
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from mixq.core.errors import CalibrationError, ConfigError
@@ -84,9 +85,10 @@ class SimBase:
                 if q.point.target == tensor:
                     q.set_range(lo, hi)
 
-    def named_quantizers(self) -> dict[str, Any]:
-        """Name -> quantizer object (activation, conversion and weight), in graph order."""
-        return dict(self._quantizers)
+    def named_quantizers(self) -> Mapping[str, Any]:
+        """Name -> quantizer object (activation, conversion and weight), in graph order: a
+        read-only view, so the analyses' per-op lookups copy nothing."""
+        return MappingProxyType(self._quantizers)
 
     @property
     def quantizers(self) -> list[str]:

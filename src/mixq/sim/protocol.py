@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -52,7 +52,7 @@ class SimLike(Protocol):
     @property
     def quantizers(self) -> list[str]: ...
 
-    def named_quantizers(self) -> dict[str, Any]: ...
+    def named_quantizers(self) -> Mapping[str, Any]: ...
 
     def quantizer(self, name: str) -> Any: ...
 
