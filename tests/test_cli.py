@@ -270,3 +270,34 @@ def test_search_command_applies_transforms_and_records_them(tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, (result.output, result.exception)
     assert [t["name"] for t in mixq.Plan.load(out / "plan.yaml").transforms] == ["equalize"]
+
+
+@pytest.mark.slow
+def test_search_and_analyze_on_a_process_pool_write_the_serial_results(tmp_path):
+    import json
+
+    calib, _ = _search_files(tmp_path)
+    pool = ["--executor", "processes", "--workers", "2"]
+    search = ["search", "mixq.zoo:mlp", "--calib", str(calib), "--metric", "sqnr"]
+    search += ["--target", "45", "--candidates", "int8,int16", "--strategy", "pareto"]
+    analyze = ["analyze", "mixq.zoo:mlp", "--data", str(calib), "--batch-size", "16"]
+    for name, args in {"search": search, "analyze": analyze}.items():
+        for how, extra in {"serial": [], "pool": pool}.items():
+            result = runner.invoke(app, [*args, *extra, "--out", str(tmp_path / name / how)])
+            assert result.exit_code in (0, 3), (name, how, result.output, result.exception)
+    points = [json.loads((tmp_path / "search" / how / "points.json").read_text())
+              for how in ("serial", "pool")]  # fmt: skip
+    assert [p["label"] for p in points[0]["points"]] == [p["label"] for p in points[1]["points"]]
+    assert len(points[0]["points"]) > 2
+    plans = [(tmp_path / "search" / how / "plan.yaml").read_text() for how in ("serial", "pool")]
+    assert plans[0] == plans[1]
+    for table in ("sensitivity_activation", "sensitivity_weight", "compare_isolated"):
+        serial, pool_run = (
+            json.loads((tmp_path / "analyze" / how / f"{table}.json").read_text())
+            for how in ("serial", "pool")
+        )
+        assert len(serial["rows"]) > 1, table
+        for a, b in zip(serial["rows"], pool_run["rows"], strict=True):
+            assert a.keys() == b.keys(), table
+            for k, v in a.items():
+                assert b[k] == (pytest.approx(v, rel=1e-6) if isinstance(v, float) else v), k

@@ -50,6 +50,8 @@ CHOICES = [
     (["calibrate", "mixq.zoo:mlp", "--observer", "minmx"], ["--observer", "'minmax'"]),
     (["search", "mixq.zoo:mlp", "--strategy", "falback"], ["--strategy", "'fallback'"]),
     (["search", "mixq.zoo:mlp", "--strategy", "greedy"], ["--strategy", "Choose from ratio"]),
+    (["search", "mixq.zoo:mlp", "--executor", "proceses"], ["--executor", "'processes'"]),
+    (["analyze", "mixq.zoo:mlp", "--executor", "threads"], ["--executor", "Choose from serial"]),
     (["search", "mixq.zoo:mlp", "--candidates", "int8,int7"], ["--candidates", "'int8'"]),
     (["search", "mixq.zoo:mlp", "--budget", "bop=0.5"], ["--budget", "KEY=FRACTION"]),
     (["search", "mixq.zoo:mlp", "--target", "drop=0.1"], ["--target", "rdrop:0.01"]),

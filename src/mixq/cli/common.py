@@ -73,6 +73,26 @@ DataOpt = Annotated[Path | None, typer.Option(help=DATA_HELP)]
 BatchOpt = Annotated[int, typer.Option(help="batch size for --data (a fixed-batch model: its)")]
 
 
+ExecutorOpt = Annotated[
+    str,
+    typer.Option(
+        **registry_choice("executor", "--executor"),
+        help="where the independent runs go: this process, a local process pool, or Ray",
+    ),
+]
+
+
+WorkersOpt = Annotated[
+    int | None, typer.Option(min=1, help="worker processes / Ray actors (default: one per CPU)")
+]
+
+
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(help="--executor ray: join this cluster (auto, host:port); else a local one"),
+]
+
+
 StrictOpt = Annotated[
     bool, typer.Option("--strict/--best-effort", help="conflicts raise, or are adjusted")
 ]

@@ -18,9 +18,10 @@ from typing import Annotated
 
 import typer
 
+from mixq.cli.convert import convert
 from mixq.cli.errors import CliError, reported_as, run
 from mixq.cli.inputs import load_labels
-from mixq.cli.models import check_model_spec, load_model
+from mixq.cli.models import load_model
 from mixq.cli.options import (
     check_input_file,
     check_output_file,
@@ -37,14 +38,16 @@ __all__ = ["app", "main"]
 from mixq.cli.common import (
     CONFIG_HELP,
     FORMAT_NAMES,
-    MODEL_HELP,
     TARGET_HELP,
     BatchOpt,
     ConfigOpt,
     DataOpt,
+    ExecutorOpt,
     Model,
+    RayAddressOpt,
     StrictOpt,
     TargetOpt,
+    WorkersOpt,
     console,
     load_data,
     prepare,
@@ -171,6 +174,9 @@ def analyze(
         str, typer.Option(**registry_choice("metric", "--metric"), help="bad-case metric")
     ] = "cosine",
     strict: StrictOpt = True,
+    executor: ExecutorOpt = "serial",
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
     out: Annotated[Path, typer.Option(help="folder for tables and report.html")] = Path("out"),
 ) -> None:
     """Calibrate, find bad cases, compare layers, rank sensitivity, advise; write report.html."""
@@ -186,7 +192,7 @@ def analyze(
                   "dimension (bad cases are single samples)")  # fmt: skip
         batches = load_data(free, data, "--data", batch_size)
         sim = quantize_loaded(free, cfg, strict).calibrate(batches)
-        qa = mixq.QuantAnalysis(sim)
+        qa = mixq.QuantAnalysis(sim, executor=executor, workers=workers, ray_address=ray_address)
         with staged(out) as folder:
             qa.run_all(batches, metric=metric, out_dir=folder)
     console.print(qa.tables["advice"].to_text(), soft_wrap=True)
@@ -280,6 +286,9 @@ def search(
     time_budget: Annotated[float | None, typer.Option(help="stop after S seconds")] = None,
     history: Annotated[Path | None, typer.Option(help="JSONL of every evaluation")] = None,
     resume: Annotated[bool, typer.Option(help="reuse the --history's evaluations")] = False,
+    executor: ExecutorOpt = "serial",
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
     out: Annotated[
         Path | None, typer.Option(help="folder for plan.yaml, points.json, search.html")
     ] = None,
@@ -331,6 +340,9 @@ def search(
         max_trials=max_trials,
         history=history,
         resume=resume,
+        executor=executor,
+        workers=workers,
+        ray_address=ray_address,
     )
     console.print(result.table().to_text(), soft_wrap=True)
     console.print(result.summary(), soft_wrap=True)
@@ -341,56 +353,7 @@ def search(
     raise typer.Exit(0 if result.met_target else 3)
 
 
-@app.command()
-def convert(
-    src: Annotated[Path, typer.Argument(help="vendor file to read")],
-    dst: Annotated[Path, typer.Argument(help="file to write (its folder must exist)")],
-    to: Annotated[
-        str,
-        typer.Option(
-            "--to", **registry_choice("format", "--to"), help=f"format to write: {FORMAT_NAMES}"
-        ),
-    ],
-    from_: Annotated[
-        str | None,
-        typer.Option(
-            "--from", **registry_choice("format", "--from"), help="format of SRC (else guessed)"
-        ),
-    ] = None,
-    plan: Annotated[Path | None, typer.Option(help="plan.yaml, for formats that need one")] = None,
-    model: Annotated[str | None, typer.Option(help=f"{MODEL_HELP}, for its graph")] = None,
-) -> None:
-    """Convert between qaic lists, Ascend lists, AIMET encodings and ORT overrides."""
-    import mixq
-    from mixq.export.formats import FORMATS
-    from mixq.export.formats import convert as convert_file
-
-    check_input_file("SRC", src)
-    check_input_file("--plan", plan)
-    check_output_file("DST", dst)
-    if model is not None:
-        check_model_spec(model)
-    needs = FORMATS[to].needs
-    if "graph" in needs and model is None:
-        raise CliError(f"--to {to} names ops of the model: add --model MODEL")
-    if "plan" in needs and plan is None and model is None:
-        raise CliError(
-            f"--to {to} writes per-op precisions: add --plan plan.yaml (from `mixq plan` or "
-            "`mixq calibrate`) or --model MODEL"
-        )
-    with reported_as("--plan", plan):
-        loaded_plan = mixq.Plan.load(plan) if plan is not None else None
-    graph = None
-    if model is not None:
-        loaded = load_model(model)
-        graph = quantize_loaded(loaded, str(plan) if plan else None).graph
-    try:
-        path = convert_file(src, dst, to, from_format=from_, plan=loaded_plan, graph=graph)
-    except (ValueError, KeyError) as e:
-        text = str(e).replace("pass graph= (sim.graph), and plan= for its default", "add --model")
-        text = text.replace("pass plan= and graph= (sim.plan, sim.graph)", "add --plan and --model")
-        raise CliError(f"convert {src} --to {to}: {text}") from None
-    console.print(f"wrote {path}")
+app.command()(convert)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

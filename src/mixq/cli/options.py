@@ -27,6 +27,7 @@ from mixq.rules.config import Config
 from mixq.search.registry import STRATEGIES
 from mixq.search.space import Candidate
 from mixq.search.space import parse_candidates as parse_candidate_list
+from mixq.sim.executors import EXECUTORS
 from mixq.targets import load_target
 from mixq.transforms import TRANSFORMS
 
@@ -74,6 +75,7 @@ _REGISTRIES: dict[str, Any] = {
     "strategy": lambda: STRATEGIES,
     "transform": lambda: [t for t in TRANSFORMS if t in ("smooth", "equalize")],
     "cost": lambda: COSTS,
+    "executor": lambda: EXECUTORS,
 }
 
 

@@ -75,6 +75,11 @@ class Plan:
         get op statistics (shapes are measured on the first call). Not saved."""
         self._cost_source = (graph, stats)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """A pickled (or copied) plan is the plan alone: the Sim bound by `bind_stats`
+        stays behind (it may not pickle, and sending it to a worker would send the model)."""
+        return {k: v for k, v in self.__dict__.items() if k != "_cost_source"}
+
     def cost(self, target: str | None = None) -> Any:
         """MACs, BOPs, weight / activation bytes, conversions, latency and effective bits
         (a `mixq.plan.cost.PlanCost`), on the example inputs of the Sim built from it.

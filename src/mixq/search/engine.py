@@ -33,8 +33,10 @@ from mixq.core.errors import CalibrationError, ConfigError
 from mixq.core.records import Record
 from mixq.plan.cost import OpStats, PlanCost, op_cost, plan_cost
 from mixq.plan.plan import Plan
+from mixq.search.fanout import evaluate_remote
 from mixq.search.sims import SimFactory
 from mixq.search.space import Candidate, SearchSpace
+from mixq.sim.executors import Executor, SerialExecutor
 from mixq.sim.protocol import SimLike
 from mixq.sim.torch.capture import split_inputs
 
@@ -190,6 +192,7 @@ class Trials:
     log: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     extra: dict[str, Any] = field(default_factory=dict)
+    executor: Executor = field(default_factory=SerialExecutor)  # where plans are scored
     reference: dict[str, float] = field(default_factory=dict)  # the all-int8 plan's cost
     limits: dict[str, float] = field(default_factory=dict)  # absolute budget, if any
     _plans: dict[str, tuple[Plan, dict[str, float]]] = field(default_factory=dict)
@@ -291,6 +294,38 @@ class Trials:
         self.check_budget()
         t0 = time.monotonic()
         score = self.evaluator(self.sim(assignment))
+        return self._add(assignment, label, score, time.monotonic() - t0)
+
+    def evaluate_many(self, items: list[tuple[dict[str, Candidate], str]]) -> list[Point]:
+        """Score each (assignment, label), the new ones at once on the executor; the points,
+        their order and the budget stops are those of evaluating them one by one."""
+        if not self.executor.remote:
+            return [self.evaluate(a, label) for a, label in items]
+        keys = [self.space.key(a) for a, _ in items]
+        new = [i for i, k in enumerate(keys) if k not in self.points and k not in self.known]
+        new = [i for i in new if keys.index(keys[i]) == i]  # a repeat is the first's point
+        self.check_budget()
+        room = len(new)
+        if self.max_trials is not None:
+            room = min(room, max(self.max_trials - self.evaluations, int(not self.points)))
+        run = new[:room]
+        measured = evaluate_remote(self, [items[i][0] for i in run], [items[i][1] for i in run])
+        scores = dict(zip(run, measured, strict=True))
+        out = []
+        for i, (assignment, label) in enumerate(items):
+            if i in scores:
+                out.append(self._add(assignment, label, *scores[i]))
+            elif i in new[room:]:
+                raise Exhausted(f"trial budget of {self.max_trials} evaluations spent")
+            else:
+                out.append(self.evaluate(assignment, label))
+        return out
+
+    def _add(
+        self, assignment: dict[str, Candidate], label: str, score: float, secs: float
+    ) -> Point:
+        """Keep a new point: in the points, in the history, in the progress lines."""
+        key = self.space.key(assignment)
         free = {u.name for u in self.space.free}
         point = Point(
             key,
@@ -299,7 +334,7 @@ class Trials:
             score,
             self.plan(assignment)[1],
             self.met(score),
-            time.monotonic() - t0,
+            secs,
         )
         self.evaluations += 1
         self.points[key] = point

@@ -40,10 +40,12 @@ from mixq.plan.plan import Plan
 from mixq.rules.config import Config
 from mixq.rules.resolve import resolve_with_report
 from mixq.search.engine import Evaluator, Exhausted, Point, Target, Trials
+from mixq.search.fanout import check_picklable
 from mixq.search.registry import STRATEGIES
 from mixq.search.result import SearchResult
 from mixq.search.sims import SimFactory
 from mixq.search.space import Candidate, SearchSpace, parse_candidates
+from mixq.sim.executors import Executor, make_executor
 from mixq.sim.torch.runner import make_runner
 
 __all__ = ["search"]
@@ -72,6 +74,9 @@ def search(
     resume: bool = False,
     hard_samples: int = 32,
     transforms: list[Any] | None = None,
+    executor: str | Executor = "serial",
+    workers: int | None = None,
+    ray_address: str | None = None,
     progress: bool = True,
 ) -> SearchResult:
     """Search per-unit precisions for the cheapest plan that meets ``target``.
@@ -107,6 +112,12 @@ def search(
             applied before the search: every candidate then means "that precision on the
             transformed model", so int8 + smoothing competes with int16 on cost. The plan
             records them; ``mixq.quantize(model, x, result.plan)`` applies them again.
+        executor: where the independent evaluations run: ``"serial"`` (this process),
+            ``"processes"`` (a local pool) or ``"ray"`` (``ray_address=None`` starts or
+            joins a local cluster; an address joins that one); ``workers`` of them. Spread:
+            the per-unit errors, the harm ranking, the uniform plans, fallback's op-kind
+            steps and the pareto points; the plan chosen is the serial one. A custom
+            ``evaluate`` then has to be a module-level function (it travels by name).
 
     Returns:
         A `SearchResult` (``.plan``, ``.points``, ``.met_target``, ``.miss``,
@@ -116,6 +127,8 @@ def search(
         raise ConfigError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
     if cost not in ("bops", "latency", "weight_bytes"):
         raise ConfigError(f"cost must be bops, latency or weight_bytes, not {cost!r}")
+    run_on = make_executor(executor, workers, ray_address)  # nothing starts before a task
+    check_picklable(evaluate, run_on)
     calib = list(calib)
     data = list(data) if data is not None else calib
     if not calib or not data:
@@ -133,13 +146,18 @@ def search(
     baseline = evaluator.baseline(base_sim)
     threshold = Target.parse(target).threshold(baseline, evaluator.higher_is_better)
     trials = Trials(space, factory, evaluator, threshold, cost, time_budget_s, max_trials)
+    trials.executor = run_on
     trials.progress = (
         _printer(trials) if progress and os.environ.get("MIXQ_PROGRESS") != "0" else None
     )
     trials.history = _history(history, resume, trials, space)
     trials.reference = trials.plan(_all_int8(space))[1]
     trials.limits = _limits(budget, trials.reference)
-    anchors, note = _run(trials, strategy, data[0], hard_samples, budget, tie, ratio, points)
+    try:
+        anchors, note = _run(trials, strategy, data[0], hard_samples, budget, tie, ratio, points)
+    finally:
+        if trials.executor is not executor:  # made here, so ended here
+            trials.executor.close()
     return SearchResult.build(trials, strategy, baseline, anchors, note)
 
 
@@ -210,21 +228,20 @@ def _run(
     ratio: float | None,
     points: int,
 ) -> tuple[dict[str, str], str]:
-    anchors: dict[str, str] = {}
     note = ""
     if isinstance(trials.progress, _Printer):
         trials.progress.total, trials.progress.bound = _planned(trials, strategy, ratio, points)
+    uniform = [(trials.space.uniform(cand=c), f"all {c}") for c in trials.space.candidates]
     try:
-        for cand in trials.space.candidates:
-            p = trials.evaluate(trials.space.uniform(cand=cand), f"all {cand}")
-            anchors[f"all {cand}"] = p.key
+        trials.evaluate_many(uniform)
         hard = _hard_batch(trials, batch, hard_samples)
         STRATEGIES[strategy](trials, hard, budget=budget, tie=tie, ratio=ratio, points=points)
     except Exhausted as stop:
         note = f"stopped early: {stop}"
         if trials.progress is not None:
             trials.progress(note)
-    return anchors, note
+    keys = {label: trials.space.key(a) for a, label in uniform}
+    return {label: key for label, key in keys.items() if key in trials.points}, note
 
 
 def _planned(trials: Trials, strategy: str, ratio: float | None, points: int) -> tuple[int, str]:

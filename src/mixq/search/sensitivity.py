@@ -18,35 +18,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from mixq.core.progress import progress_bar
 from mixq.search.engine import Trials
+from mixq.search.fanout import errors_remote, harm_remote
+from mixq.search.measure import nmse, outputs, own_quantizers
 from mixq.search.space import Candidate, SearchSpace, Unit
-from mixq.sim.protocol import SimLike
 from mixq.sim.torch.runner import make_runner
 
 __all__ = ["harm_in_context", "nmse", "own_quantizers", "unit_errors"]
-
-
-def nmse(ref: torch.Tensor, out: torch.Tensor) -> float:
-    """Normalised mean squared error (0 = equal)."""
-    ref, out = ref.double(), out.double()
-    return float(((ref - out) ** 2).sum() / (ref**2).sum().clamp_min(1e-30))
-
-
-def own_quantizers(sim: SimLike, unit: Unit) -> list[str]:
-    """The quantizers a unit's choice decides: its ops' outputs and weights, and the
-    conversions on its input edge (a ``to_float`` unit reading a float-produced tensor);
-    a model input's own quantizer for an input unit."""
-    if unit.input is not None:
-        return [p.name for p in sim.points if p.op is None and p.target == unit.input]
-    ops = set(unit.ops)
-    return [p.name for p in sim.points if (p.op in ops and not p.readers) or ops & set(p.readers)]
-
-
-def _outputs(runner: Any, run: Any) -> torch.Tensor:
-    return torch.cat([t.reshape(-1).double() for t in runner.outputs(run)])
 
 
 def unit_errors(trials: Trials, batch: Any, progress: bool = True) -> dict[str, dict[str, float]]:
@@ -56,20 +35,43 @@ def unit_errors(trials: Trials, batch: Any, progress: bool = True) -> dict[str, 
         return trials.extra["unit_errors"]
     space = trials.space
     errors: dict[str, dict[str, float]] = {u.name: {} for u in space.free}
-    for cand in _all_options(space):
-        assignment = {u.name: cand if cand in u.options else u.options[0] for u in space.free}
-        sim = trials.sim(assignment)
-        runner = make_runner(sim)
-        float_run = runner.run(batch, enabled=())
-        ref = _outputs(runner, float_run)
-        units = [u for u in space.free if cand in u.options]
-        for u in progress_bar(units, f"sensitivity at {cand}", disable=not progress):
-            own = own_quantizers(sim, u)
-            err = nmse(ref, _outputs(runner, runner.rerun(float_run, own))) if own else 0.0
-            errors[u.name][str(cand)] = err
+    jobs = [
+        (_at(space, cand), str(cand), u.name)
+        for cand in _all_options(space)
+        for u in space.free
+        if cand in u.options
+    ]
+    if trials.executor.remote:
+        measured = errors_remote(trials, batch, jobs)
+    else:
+        measured = _errors_here(trials, batch, jobs, progress)
+    for (_, cand, unit), err in zip(jobs, measured, strict=True):
+        errors[unit][cand] = err
     _make_monotone(space, errors)
     trials.record("unit_errors", errors)
     return errors
+
+
+def _errors_here(
+    trials: Trials, batch: Any, jobs: list[tuple[dict[str, Candidate], str, str]], progress: bool
+) -> list[float]:
+    """The errors of ``jobs`` in this process: one Sim and float run per candidate."""
+    out: list[float] = []
+    for cand in dict.fromkeys(c for _, c, _ in jobs):
+        mine = [(a, u) for a, c, u in jobs if c == cand]
+        sim = trials.sim(mine[0][0])
+        runner = make_runner(sim)
+        float_run = runner.run(batch, enabled=())
+        ref = outputs(runner, float_run)
+        for _, unit in progress_bar(mine, f"sensitivity at {cand}", disable=not progress):
+            own = own_quantizers(sim, trials.space.units[unit])
+            out.append(nmse(ref, outputs(runner, runner.rerun(float_run, own))) if own else 0.0)
+    return out
+
+
+def _at(space: SearchSpace, cand: Candidate) -> dict[str, Candidate]:
+    """Every free unit at ``cand`` where it allows it, else at its cheapest option."""
+    return {u.name: cand if cand in u.options else u.options[0] for u in space.free}
 
 
 def _all_options(space: SearchSpace) -> list[Candidate]:
@@ -96,14 +98,17 @@ def harm_in_context(
 ) -> dict[str, float]:
     """For each of ``units``: how much the output error of ``assignment`` falls when that
     unit's quantizers alone are off (larger = more harmful now)."""
+    if trials.executor.remote:
+        names = [u.name for u in units]
+        return dict(zip(names, harm_remote(trials, batch, assignment, names), strict=True))
     sim = trials.sim(assignment)
     runner = make_runner(sim)
-    ref = _outputs(runner, runner.run(batch, enabled=()))
+    ref = outputs(runner, runner.run(batch, enabled=()))
     everything = list(sim.quantizers)
-    base = nmse(ref, _outputs(runner, runner.run(batch, enabled=everything)))
+    base = nmse(ref, outputs(runner, runner.run(batch, enabled=everything)))
     harm = {}
     for u in progress_bar(units, "ranking units", disable=not progress):
         own = set(own_quantizers(sim, u))
         rest = [q for q in everything if q not in own]
-        harm[u.name] = base - nmse(ref, _outputs(runner, runner.run(batch, enabled=rest)))
+        harm[u.name] = base - nmse(ref, outputs(runner, runner.run(batch, enabled=rest)))
     return harm

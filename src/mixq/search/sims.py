@@ -20,18 +20,49 @@ class SimFactory:
 
     def __init__(self, model: Any, example_inputs: Any, calib: list[Any]) -> None:
         self.calib, self.example_inputs = calib, example_inputs
-        self.ranges: dict[tuple[Any, ...], tuple[float, float]] = {}
+        self.ranges: dict[tuple[Any, ...], tuple[float, float, bool]] = {}  # lo, hi, masks
         self._ancestors: dict[str, list[str]] = {}
+        self._captured: Any = None
+        self._proto: Any = None
         if isinstance(model, (str, Path)) or type(model).__name__ == "ModelProto":
             from mixq.sim.onnx.capture import capture as capture_onnx
 
             self.graph, self._proto = capture_onnx(model)
-            self._captured = None
         else:
             from mixq.sim.torch.capture import capture
 
             self._captured = capture(model, example_inputs)
             self.graph = self._captured.graph
+
+    def pack(self) -> tuple[Any, ...]:
+        """What rebuilds this factory on a worker (`SimFactory.unpack`): the captured float
+        model as data (`mixq.sim.executors`), its Graph, the inputs and the ranges known."""
+        if self._captured is None:
+            model: Any = ("onnx", self._proto.SerializeToString())
+        else:
+            from mixq.sim.executors.torch_graph import pack_captured
+
+            model = ("torch", (pack_captured(self._captured), self._captured.example_inputs))
+        return model, self.graph, self.example_inputs, self.calib, dict(self.ranges)
+
+    @classmethod
+    def unpack(cls, packed: tuple[Any, ...]) -> SimFactory:
+        """The factory `pack` described, without capturing the model again."""
+        (backend, model), graph, example_inputs, calib, ranges = packed
+        factory = cls.__new__(cls)
+        factory.calib, factory.example_inputs, factory.graph = calib, example_inputs, graph
+        factory.ranges, factory._ancestors = dict(ranges), {}
+        factory._captured, factory._proto = None, None
+        if backend == "onnx":
+            import onnx
+
+            factory._proto = onnx.load_from_string(model)
+        else:
+            from mixq.sim.executors.torch_graph import unpack_float_graph
+
+            float_graph, inputs = model
+            factory._captured = unpack_float_graph(float_graph, graph, inputs)
+        return factory
 
     def build(self, plan: Plan) -> Any:
         """An uncalibrated Sim of ``plan``."""
@@ -59,7 +90,9 @@ class SimFactory:
         keys = {q.name: self._key(q.point, weights) for q in acts}
         if any(k not in self.ranges for k in keys.values()):
             sim.calibrate(self.calib, progress=False)
-            self.ranges.update({keys[q.name]: q.range for q in acts if q.range is not None})
+            self.ranges.update(
+                {keys[q.name]: (*q.range, q.mask_passthrough) for q in acts if q.range is not None}
+            )
             return sim
         for q in acts:
             q.load_range(*self.ranges[keys[q.name]])

@@ -132,12 +132,14 @@ def _kind_groups(trials: Trials, current: Assignment, fits: Callable[[Assignment
     for u in trials.space.free:
         if raise_one(u, current[u.name]) is not None:
             kinds.setdefault(u.kind, []).append(u)
+    steps = []
     for kind, units in sorted(kinds.items()):
         a = dict(current)
         for u in units:
             a[u.name] = raise_one(u, a[u.name]) or a[u.name]
         if fits(a):
-            trials.evaluate(a, f"fallback kind {kind} ({len(units)} units) raised")
+            steps.append((a, f"fallback kind {kind} ({len(units)} units) raised"))
+    trials.evaluate_many(steps)
 
 
 def _unit_steps(
@@ -201,11 +203,9 @@ def pareto_search(trials: Trials, batch: Any, points: int = 10, **_: Any) -> Non
     # of the steps that cost the same, the last one removed the most error
     last = [i for i in range(len(path)) if i + 1 == len(path) or path[i + 1][1] > path[i][1]]
     costs = [path[i][1] for i in last]
-    chosen = sorted({0, len(last) - 1} | _spread(costs, points))
-    for k in chosen:
-        i = last[k]
-        if trials.fits(path[i][0]):
-            trials.evaluate(path[i][0], f"pareto step {i}/{len(path) - 1}")
+    chosen = [last[k] for k in sorted({0, len(last) - 1} | _spread(costs, points))]
+    steps = [(path[i][0], f"pareto step {i}/{len(path) - 1}") for i in chosen]
+    trials.evaluate_many([(a, label) for a, label in steps if trials.fits(a)])
 
 
 def _greedy_path(

@@ -26,7 +26,7 @@ from torch import fx, nn
 
 from mixq.graph.ir import Graph
 
-__all__ = ["FloatGraph", "pack_float_graph", "unpack_float_graph"]
+__all__ = ["FloatGraph", "pack_captured", "pack_float_graph", "unpack_float_graph"]
 
 
 @dataclass(frozen=True)
@@ -124,8 +124,33 @@ def _attr_entry(gm: fx.GraphModule, target: str) -> tuple[str, Any]:
 
 def pack_float_graph(sim: Any) -> FloatGraph:
     """The Sim's module without its quantizers: nodes, what they read, node maps."""
-    gm: fx.GraphModule = sim.module
-    quantizers = set(sim.quantizer_nodes.values())
+    return _pack(
+        sim.module,
+        set(sim.quantizer_nodes.values()),
+        dict(sim.value_nodes),
+        dict(sim.op_nodes),
+        list(getattr(sim, "capture_notes", [])),
+    )
+
+
+def pack_captured(captured: Any) -> FloatGraph:
+    """A `Captured` (the float module before any Sim is built on it) as a `FloatGraph`."""
+    return _pack(
+        captured.module,
+        set(),
+        {t: n.name for t, n in captured.tensor_nodes.items()},
+        {o: n.name for o, n in captured.op_nodes.items()},
+        list(captured.notes),
+    )
+
+
+def _pack(
+    gm: fx.GraphModule,
+    quantizers: set[str],
+    value_nodes: dict[str, str],
+    op_nodes: dict[str, str],
+    notes: list[str],
+) -> FloatGraph:
 
     def source(node: Any) -> _Ref:
         while node.name in quantizers:
@@ -145,9 +170,9 @@ def pack_float_graph(sim: Any) -> FloatGraph:
         nodes,
         attrs,
         gm.graph._codegen.pytree_info,  # type: ignore[attr-defined]
-        {t: source(by_name[v]).name for t, v in sim.value_nodes.items()},
-        {op: source(by_name[v]).name for op, v in sim.op_nodes.items()},
-        list(getattr(sim, "capture_notes", [])),
+        {t: source(by_name[v]).name for t, v in value_nodes.items()},
+        {op: source(by_name[v]).name for op, v in op_nodes.items()},
+        notes,
     )
 
 
