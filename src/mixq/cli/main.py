@@ -32,6 +32,7 @@ from mixq.cli.options import (
     registry_choice,
 )
 from mixq.cli.output import staged
+from mixq.cli.profile import profile_target
 
 __all__ = ["app", "main"]
 
@@ -354,6 +355,7 @@ def search(
 
 
 app.command()(convert)
+app.command("profile-target")(profile_target)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -14,7 +14,10 @@ by `mixq.search.measure_stats`, or any ``{tensor: shape}`` you pass to `op_stats
 - **activation bytes**: every activation tensor as produced, plus every conversion.
 - **latency**: sum over ops of work (MACs, else elements) x the target's relative cost
   of the op's most expensive precision, plus the conversions' elements at their cost;
-  in int8-MAC units (int8 costs 1.0 in every built-in target).
+  in int8-MAC units (int8 costs 1.0 in every built-in target). A profile with a measured
+  ``latency`` table (`mixq profile-target`, `mixq.targets.latency`) predicts microseconds
+  instead: each op at the kernel its inputs arrive in, every conversion, the quantization
+  of the float model inputs and the fixed cost of a run.
 - **effective bits**: the weights' bits averaged over their elements (ModelOpt's measure).
 
 Example:
@@ -46,7 +49,9 @@ from mixq.graph.ir import Graph, Op
 from mixq.graph.kinds import is_data_movement
 from mixq.plan.points import quantization_points
 from mixq.plan.tensors import tensor_precisions
+from mixq.targets.latency import kernel_precision
 from mixq.targets.loading import load_target
+from mixq.targets.profile import TargetProfile
 
 if TYPE_CHECKING:
     from mixq.plan.plan import OpPlan, Plan
@@ -125,17 +130,25 @@ def _bops_bits(precision: str, cost: dict[str, float]) -> float:
     return t.bits * max(ratio, 1.0)
 
 
-def op_cost(op: OpPlan, stats: OpStats, cost: dict[str, float]) -> dict[str, float]:
+def op_cost(
+    op: OpPlan, stats: OpStats, target: TargetProfile | dict[str, float]
+) -> dict[str, float]:
     """BOPs and latency of one op at the precisions ``op`` gives it.
 
-    ``cost`` is the target's relative cost per precision (`TargetProfile.cost`).
+    ``target`` is the target profile (or its relative cost per precision,
+    `TargetProfile.cost`); a profile with a measured ``latency`` table gives the latency in
+    microseconds (`mixq.targets.latency`), else in relative units.
     """
+    cost = target if isinstance(target, dict) else target.cost
     acts = op.input or op.output or ("fp32",)
     weights = list(op.weight.values())
     second = weights[0] if weights else (acts[1] if len(acts) > 1 else acts[0])
     bops = stats.macs * _bops_bits(acts[0], cost) * _bops_bits(second, cost)
-    dearest = max(cost.get(p, 1.0) for p in (*acts, *op.output, *weights))
     work = stats.macs or (0 if is_data_movement(op.kind) else stats.elements)
+    if not isinstance(target, dict) and target.latency is not None:
+        kernel = kernel_precision((*acts, *weights), target.kernel(op.kind) is not None)
+        return {"bops": bops, "latency": target.latency.op_us(op.kind, kernel, work)}
+    dearest = max(cost.get(p, 1.0) for p in (*acts, *op.output, *weights))
     return {"bops": bops, "latency": work * dearest}
 
 
@@ -175,7 +188,7 @@ def plan_cost(
     macs = bops = latency = 0.0
     for op in plan:
         if op.name in stats:
-            c = op_cost(op, stats[op.name], profile.cost)
+            c = op_cost(op, stats[op.name], profile)
             macs, bops, latency = (
                 macs + stats[op.name].macs,
                 bops + c["bops"],
@@ -187,9 +200,12 @@ def plan_cost(
     act_bytes = sum(elements.get(t, 0) * qtype(p).bits / 8 for t, p in produced.items())
     conversions = [p for p in quantization_points(graph, plan) if p.readers]
     conv_bytes = sum(elements.get(p.target, 0) * qtype(p.precision).bits / 8 for p in conversions)
-    latency += sum(
-        elements.get(p.target, 0) * profile.cost.get(p.precision, 1.0) for p in conversions
-    )
+    latency += sum(_conversion(profile, p.precision, elements.get(p.target, 0))
+                   for p in conversions)  # fmt: skip
+    if profile.latency is not None:  # the file's own run: a call, float inputs quantized
+        latency += profile.latency.call_us + sum(
+            profile.latency.convert_us(p, elements.get(t, 0)) for t, p in plan.inputs.items()
+        )
     return PlanCost(
         macs=int(macs),
         bops=bops,
@@ -201,6 +217,13 @@ def plan_cost(
         effective_bits=effective_bits,
         target=profile.name,
     )
+
+
+def _conversion(profile: TargetProfile, precision: str, elements: int) -> float:
+    """The latency of converting ``elements`` values to ``precision`` on ``profile``."""
+    if profile.latency is not None:
+        return profile.latency.convert_us(precision, elements)
+    return elements * profile.cost.get(precision, 1.0)
 
 
 def _tensor_elements(graph: Graph, stats: dict[str, OpStats]) -> dict[str, int]:
@@ -222,7 +245,7 @@ def cost_table(
     graph: Graph, plan: Plan, stats: dict[str, OpStats], target: str | None = None
 ) -> Table:
     """One row per op: kind, precisions, MACs, BOPs, weight bytes, latency (largest first)."""
-    cost = load_target(target or plan.target).cost
+    cost = load_target(target or plan.target)
     rows: list[dict[str, Any]] = []
     for op in plan:
         s = stats.get(op.name, OpStats())

@@ -253,7 +253,7 @@ class Trials:
         """The plan's cost; a ``to_float`` op's latency is its integer kernel's
         (`SearchSpace.computed`), not its float output's."""
         cost = plan_cost(self.space.graph, plan, self.space.stats)
-        table, stats = self.space.profile.cost, self.space.stats
+        table, stats = self.space.profile, self.space.stats
         credit = sum(
             op_cost(op, stats.get(op.name, OpStats()), table)["latency"]
             - op_cost(self.space.computed(op), stats.get(op.name, OpStats()), table)["latency"]

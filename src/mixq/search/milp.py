@@ -117,7 +117,7 @@ class _Program:
         for combo in product(*options):
             choice = {**cheapest, **dict(zip(deps, combo, strict=True))}
             op = space.op_at(name, choice)
-            cost = op_cost(space.computed(op), stats, space.profile.cost)
+            cost = op_cost(space.computed(op), stats, space.profile)
             bad = bool(space.profile.violations(op))
             if len(deps) == 1:
                 i = self.x[(deps[0], combo[0])]

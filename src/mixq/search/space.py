@@ -205,7 +205,7 @@ class SearchSpace:
         lat = bops = 0.0
         for name in unit.ops:
             op = self.computed(self._at(self.base.ops[name], cand, cand.activation))
-            c = op_cost(op, self.stats.get(name, OpStats()), self.profile.cost)
+            c = op_cost(op, self.stats.get(name, OpStats()), self.profile)
             lat, bops = lat + c["latency"], bops + c["bops"]
         return lat, bops
 
@@ -300,8 +300,8 @@ class SearchSpace:
         delta = 0.0
         for name in self._touching[unit]:
             stats = self.stats.get(name, OpStats())
-            after = op_cost(self.computed(self.op_at(name, moved)), stats, self.profile.cost)
-            before = op_cost(self.computed(self.op_at(name, assignment)), stats, self.profile.cost)
+            after = op_cost(self.computed(self.op_at(name, moved)), stats, self.profile)
+            before = op_cost(self.computed(self.op_at(name, assignment)), stats, self.profile)
             delta += after[field_] - before[field_]
         return delta
 

@@ -39,32 +39,33 @@ from typing import Any
 import yaml
 
 from mixq.core.errors import ConfigError, ConflictError
-from mixq.core.qtypes import QTYPES
 from mixq.core.validation import (
     check_keys,
     looks_like_path,
-    positive_number,
-    precision_names,
     read_yaml,
     version_number,
 )
 from mixq.targets.kernels import QLINEAR, checked_kernels
+from mixq.targets.latency import LatencyTable
 from mixq.targets.support import (
     KindSupport,
     OpPrecisions,
     OpT,
+    checked_cost,
     forbidden_pairs,
     lower_activation,
     lower_weight,
     nearest,
+    note_list,
     replaced,
     unique,
 )
 
 __all__ = ["BUILTIN_TARGETS", "TARGET_VERSION", "KindSupport", "TargetProfile"]
 
-# 2: fuse_residual_add (a version-1 profile fuses the add, as before); 3: integer_kernels
-TARGET_VERSION = 3
+# 2: fuse_residual_add (a version-1 profile fuses the add, as before); 3: integer_kernels;
+# 4: latency (a measured table, `mixq profile-target`)
+TARGET_VERSION = 4
 
 BUILTIN_TARGETS: tuple[str, ...] = ("generic", "int8-int16-npu", "fp16-npu", "ort-cpu")
 
@@ -78,6 +79,7 @@ _KEYS = (
     "cost",
     "fuse_residual_add",
     "integer_kernels",
+    "latency",
 )
 
 
@@ -98,6 +100,8 @@ class TargetProfile:
             and a kernel of its own (ONNX Runtime CPU: QLinearConv, then QLinearAdd).
         integer_kernels: op kind → how the runtime runs it in integer (`mixq.targets.kernels`);
             None (NPUs): every kind in integer; else unlisted kinds compute in float.
+        latency: measured op times on one machine (`mixq.targets.latency`); with it a plan's
+            ``cost().latency`` is a prediction in microseconds, else relative units.
 
     Example:
         >>> p = TargetProfile("tiny", "int8 only", KindSupport(["int8"], ["int8"]), {},
@@ -117,6 +121,7 @@ class TargetProfile:
     fuse_residual_add: bool = True
     version: int = TARGET_VERSION
     integer_kernels: dict[str, str] | None = None
+    latency: LatencyTable | None = None
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -142,25 +147,8 @@ class TargetProfile:
         object.__setattr__(self, "kinds", dict(self.kinds))
         kernels = checked_kernels(self.integer_kernels, self.name)
         object.__setattr__(self, "integer_kernels", kernels)
-        object.__setattr__(self, "notes", _note_list(self.notes, self.name))
-        object.__setattr__(self, "cost", self._checked_cost())
-
-    def _checked_cost(self) -> dict[str, float]:
-        where = f"target profile {self.name!r} cost"
-        if not isinstance(self.cost, Mapping):
-            raise ConfigError(f"{where} must map precision names to numbers, got {self.cost!r}")
-        cost = {
-            precision_names(k, where)[0]: positive_number(v, f"{where}[{k!r}]")
-            for k, v in self.cost.items()
-        }
-        allowed = self._allowed()
-        missing = [p for p in QTYPES if p in allowed and p not in cost]
-        if missing:
-            raise ConfigError(
-                f"{where} has no entry for {', '.join(missing)}, which the profile allows; "
-                f"add e.g. '{missing[0]}: 1.0' under cost"
-            )
-        return cost
+        object.__setattr__(self, "notes", note_list(self.notes, self.name))
+        object.__setattr__(self, "cost", checked_cost(self.cost, self._allowed(), self.name))
 
     def _allowed(self) -> set[str]:
         found: set[str] = set()
@@ -299,16 +287,20 @@ class TargetProfile:
         return op
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "name": self.name,
-            "description": self.description,
-            "notes": list(self.notes),
-            "default": self.default.to_dict(),
-            "kinds": {k: s.to_dict() for k, s in self.kinds.items()},
-            "cost": dict(self.cost),
-            "fuse_residual_add": self.fuse_residual_add,
-        } | ({} if (k := self.integer_kernels) is None else {"integer_kernels": dict(k)})
+        return (
+            {
+                "version": self.version,
+                "name": self.name,
+                "description": self.description,
+                "notes": list(self.notes),
+                "default": self.default.to_dict(),
+                "kinds": {k: s.to_dict() for k, s in self.kinds.items()},
+                "cost": dict(self.cost),
+                "fuse_residual_add": self.fuse_residual_add,
+            }
+            | ({} if (k := self.integer_kernels) is None else {"integer_kernels": dict(k)})
+            | ({} if self.latency is None else {"latency": self.latency.to_dict()})
+        )
 
     @classmethod
     def from_dict(cls, data: Any) -> TargetProfile:
@@ -342,6 +334,7 @@ class TargetProfile:
             notes=data.get("notes") or (),
             fuse_residual_add=data.get("fuse_residual_add", True),
             integer_kernels=data.get("integer_kernels"),
+            latency=_latency(data.get("latency"), where),
             version=version_number(data.get("version", TARGET_VERSION), where),
         )
 
@@ -391,9 +384,5 @@ def _unknown_target(name: str) -> str:
     )
 
 
-def _note_list(value: Any, name: str) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return (value,)
-    if not isinstance(value, (list, tuple)) or not all(isinstance(n, str) for n in value):
-        raise ConfigError(f"target profile {name!r} notes must be a list of strings")
-    return tuple(value)
+def _latency(data: Any, where: str) -> LatencyTable | None:
+    return None if data is None else LatencyTable.from_dict(data, f"{where} latency")

@@ -10,22 +10,24 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar, cast
 
 from mixq.core.errors import ConfigError
-from mixq.core.qtypes import qtype
-from mixq.core.validation import check_keys, precision_names
+from mixq.core.qtypes import QTYPES, qtype
+from mixq.core.validation import check_keys, positive_number, precision_names
 
 __all__ = [
     "KindSupport",
     "OpPrecisions",
+    "checked_cost",
     "forbidden_pairs",
     "lower",
     "lower_activation",
     "lower_weight",
     "nearest",
+    "note_list",
     "pair_side",
     "replaced",
     "unique",
@@ -203,3 +205,30 @@ def lower_activation(op: OpT, s: KindSupport, act: str) -> tuple[OpT, str] | Non
             new = replaced(op, input=side) if op.input else replaced(op, output=side)
             return new, f"activation {act} -> {a}"
     return None
+
+
+def note_list(value: Any, name: str) -> tuple[str, ...]:
+    """A profile's notes as a tuple of strings (one string is one note)."""
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(n, str) for n in value):
+        raise ConfigError(f"target profile {name!r} notes must be a list of strings")
+    return tuple(value)
+
+
+def checked_cost(cost: Any, allowed: set[str], name: str) -> dict[str, float]:
+    """A profile's relative cost per precision, checked: numbers > 0, one for every
+    precision the profile allows."""
+    where = f"target profile {name!r} cost"
+    if not isinstance(cost, Mapping):
+        raise ConfigError(f"{where} must map precision names to numbers, got {cost!r}")
+    checked = {
+        precision_names(k, where)[0]: positive_number(v, f"{where}[{k!r}]") for k, v in cost.items()
+    }
+    missing = [p for p in QTYPES if p in allowed and p not in checked]
+    if missing:
+        raise ConfigError(
+            f"{where} has no entry for {', '.join(missing)}, which the profile allows; "
+            f"add e.g. '{missing[0]}: 1.0' under cost"
+        )
+    return checked

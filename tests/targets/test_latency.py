@@ -1,0 +1,131 @@
+"""The measured latency model (issue 12, part 2): the table, its YAML form, the one-op models
+ONNX Runtime times (they must fuse into the integer kernels the exporter's files get), and
+plan costs that use it. Timings themselves are never asserted (machines are noisy): only
+their shape, and that the cost model adds up what the table says."""
+
+from __future__ import annotations
+
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import mixq
+from mixq.cli.main import app
+from mixq.core.errors import ConfigError
+from mixq.targets import TargetProfile
+from mixq.targets.latency import LatencyTable, kernel_precision
+from mixq.targets.timing import BUILDERS, SIZES, profile_target
+
+TABLE = LatencyTable(
+    {
+        "linear": {"fp32": (10.0, 0.1), "int8": (20.0, 0.025)},
+        "elementwise": {"fp32": (1.0, 0.5)},
+    },
+    {"int8": 1.0, "int16": 1.0, "fp16": 0.5},
+    "runtime",
+    "machine",
+    call_us=7.0,
+)
+
+
+def test_the_table_predicts_fixed_plus_work_and_falls_back_by_kind():
+    assert TABLE.op_us("linear", "int8", 4000) == pytest.approx(20.1)
+    assert TABLE.op_us("linear", "fp16", 4000) == pytest.approx(10.4)  # no fp16 line: fp32's
+    assert TABLE.op_us("gelu", "fp32", 2000) == pytest.approx(2.0)  # an untimed kind
+    assert TABLE.op_us("reshape", "fp32", 10**6) == 0.0  # data movement
+    assert TABLE.convert_us("uint8", 1000) == pytest.approx(1.0)
+    assert TABLE.convert_us("fp32", 1000) == 0.0
+
+
+def test_kernel_precision_follows_what_the_inputs_arrive_in():
+    assert kernel_precision(("uint8", "int8"), integer=True) == "int8"
+    assert kernel_precision(("uint8", "int8"), integer=False) == "fp32"
+    assert kernel_precision(("int16", "int8"), integer=True) == "fp32"
+    assert kernel_precision(("fp16",), integer=True) == "fp16"
+
+
+def test_a_profile_with_a_table_round_trips_through_yaml(tmp_path):
+    profile = TargetProfile.load("ort-cpu")
+    from dataclasses import replace
+
+    measured = replace(profile, name="mine", latency=TABLE)
+    again = TargetProfile.load(measured.save(tmp_path / "mine.yaml"))
+    assert again == measured and again.latency == TABLE
+
+
+@pytest.mark.parametrize(
+    ("latency", "message"),
+    [
+        ({"convert": {}}, "must be a mapping with 'ops'"),
+        ({"ops": {"linear": {"fp32": [1.0]}}}, r"\[fixed_us, ns_per_unit\]"),
+        ({"ops": {"linear": {"fp32": [1.0, -2.0]}}}, "number >= 0"),
+    ],
+)
+def test_a_bad_table_says_what_is_wrong(latency, message):
+    data = TargetProfile.load("generic").to_dict() | {"latency": latency}
+    with pytest.raises(ConfigError, match=message):
+        TargetProfile.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    ("kind", "kernel"),
+    [("linear", "MatMulIntegerToFloat"), ("matmul", "MatMulIntegerToFloat"),
+     ("conv", "QLinearConv"), ("add", "QLinearAdd")],
+)  # fmt: skip
+def test_the_int8_one_op_models_run_on_ort_integer_kernels(kind, kernel, tmp_path):
+    model, _, work = BUILDERS[kind](SIZES[kind][0], "int8")
+    assert work > 0
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(model.SerializeToString(), options, ["CPUExecutionProvider"])
+    kinds = {n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
+    assert kernel in kinds, kinds
+
+
+@pytest.fixture(scope="module")
+def measured() -> TargetProfile:
+    return profile_target("ort-cpu", repeats=3, progress=False)
+
+
+def test_profile_target_times_every_kind_and_int8_only_where_ort_has_kernels(measured):
+    table = measured.latency
+    assert table is not None and measured.name == "ort-cpu-measured"
+    assert set(table.ops) == set(BUILDERS)
+    for kind, lines in table.ops.items():
+        assert {"fp32", "fp16"} <= set(lines), kind
+        assert ("int8" in lines) == (kind in ("linear", "matmul", "conv", "add")), kind
+        assert all(fixed >= 0 and slope >= 0 for fixed, slope in lines.values())
+    assert set(table.convert) == {"int8", "int16", "fp16"} and table.call_us > 0
+    assert "onnxruntime" in table.runtime
+    assert measured.integer_kernels == TargetProfile.load("ort-cpu").integer_kernels
+
+
+def test_plan_cost_adds_up_the_measured_table(measured, tmp_path):
+    from dataclasses import replace
+
+    path = replace(measured, latency=TABLE).save(tmp_path / "t.yaml")
+    torch.manual_seed(0)
+    model, x = torch.nn.Sequential(torch.nn.Linear(16, 8)), torch.randn(1, 5, 16)
+    costs = {}
+    for precision in ("fp32", "int8"):
+        sim = mixq.quantize(model, x, mixq.Config(default=precision, target=str(path)))
+        costs[precision] = sim.plan.cost().latency
+    macs = 5 * 16 * 8
+    assert costs["fp32"] == pytest.approx(7.0 + 10.0 + 0.1 * macs / 1000)
+    # int8: the integer kernel, plus quantizing its 80 input elements
+    assert costs["int8"] == pytest.approx(7.0 + 20.0 + 0.025 * macs / 1000 + 80 / 1000)
+
+
+def test_cli_profile_target_writes_a_profile_other_commands_take(tmp_path):
+    out = tmp_path / "cpu.yaml"
+    result = CliRunner().invoke(app, ["profile-target", "--out", str(out), "--repeats", "3"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert TargetProfile.load(out).latency is not None
+    plan = CliRunner().invoke(app, ["plan", "mixq.zoo:mlp", "--target", str(out),
+                                    "--out", str(tmp_path / "plan")])  # fmt: skip
+    assert plan.exit_code == 0, (plan.output, plan.exception)
+    bad = CliRunner().invoke(app, ["profile-target", "--out", str(tmp_path / "no" / "p.yaml")])
+    assert bad.exit_code == 2 and "does not exist" in bad.output
