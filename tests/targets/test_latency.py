@@ -34,7 +34,8 @@ def test_the_table_predicts_fixed_plus_work_and_falls_back_by_kind():
     assert TABLE.op_us("linear", "int8", 4000) == pytest.approx(20.1)
     assert TABLE.op_us("linear", "fp16", 4000) == pytest.approx(10.4)  # no fp16 line: fp32's
     assert TABLE.op_us("gelu", "fp32", 2000) == pytest.approx(2.0)  # an untimed kind
-    assert TABLE.op_us("reshape", "fp32", 10**6) == 0.0  # data movement
+    assert TABLE.op_us("reshape", "fp32", 10**6) == 0.0  # a view
+    assert TABLE.op_us("permute", "fp32", 2000) == pytest.approx(2.0)  # a copy (no entry)
     assert TABLE.convert_us("uint8", 1000) == pytest.approx(1.0)
     assert TABLE.convert_us("fp32", 1000) == 0.0
 

@@ -147,7 +147,8 @@ def op_cost(
     work = stats.macs or (0 if is_data_movement(op.kind) else stats.elements)
     if not isinstance(target, dict) and target.latency is not None:
         kernel = kernel_precision((*acts, *weights), target.kernel(op.kind) is not None)
-        return {"bops": bops, "latency": target.latency.op_us(op.kind, kernel, work)}
+        measured = target.latency.op_us(op.kind, kernel, stats.macs or stats.elements)
+        return {"bops": bops, "latency": measured}
     dearest = max(cost.get(p, 1.0) for p in (*acts, *op.output, *weights))
     return {"bops": bops, "latency": work * dearest}
 

@@ -10,13 +10,14 @@ kernel of the precision its inputs arrive in: ``int8`` when they arrive in 8-bit
 and the runtime has an integer kernel for the kind; ``fp16`` for fp16 / bf16; else ``fp32``
 (a 16-bit integer op is a float op between a DequantizeLinear and a QuantizeLinear, whose
 cost the conversions carry). A kind the table lacks takes its ``elementwise`` entry; data
-movement (reshape, view, ...) costs nothing; ``call_us`` is paid once per model run.
+movement costs nothing when the runtime makes it a view (reshape, squeeze, ...), else the
+``transpose`` entry (a copy of its output); ``call_us`` is paid once per model run.
 
 Example:
     >>> t = LatencyTable({"linear": {"fp32": (5.0, 0.5), "int8": (8.0, 0.25)}},
     ...                  {"int8": 0.2})
-    >>> t.op_us("linear", "int8", 1000)
-    8.25
+    >>> t.op_us("linear", "int8", 1000), t.op_us("reshape", "fp32", 1000)
+    (8.25, 0.0)
     >>> LatencyTable.from_dict(t.to_dict()) == t
     True
 """
@@ -34,8 +35,15 @@ from mixq.graph.kinds import is_data_movement
 __all__ = ["LatencyTable", "kernel_precision"]
 
 FALLBACK_KIND = "elementwise"
+COPY_KIND = "transpose"
 # kinds timed as another: the same kernel family, the same unit of work
 ALIASES = {"conv_transpose": "conv", "attention": "matmul", "batch_norm": FALLBACK_KIND}
+# data movement that costs nothing in the runtime (a view, or an op it removes); the rest of
+# data movement (transpose, expand, slice, gather, pad, ...) copies its output elements
+FREE = frozenset(
+    {"reshape", "flatten", "squeeze", "unsqueeze", "getitem", "contiguous", "clone", "dropout",
+     "identity", "alias", "detach"}
+)  # fmt: skip
 
 
 def kernel_precision(precisions: tuple[str, ...] | list[str], integer: bool) -> str:
@@ -77,8 +85,10 @@ class LatencyTable:
 
     def op_us(self, kind: str, precision: str, work: float) -> float:
         """Predicted microseconds of one op of ``kind`` running the ``precision`` kernel."""
-        if is_data_movement(kind):
+        if kind in FREE:
             return 0.0
+        if is_data_movement(kind):
+            kind = COPY_KIND
         entry = self.ops.get(ALIASES.get(kind, kind)) or self.ops.get(FALLBACK_KIND) or {}
         line = entry.get(precision) or entry.get("fp32")
         if line is None:

@@ -29,7 +29,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from mixq.core.progress import progress_bar
-from mixq.targets.latency import FALLBACK_KIND, LatencyTable
+from mixq.targets.latency import COPY_KIND, FALLBACK_KIND, LatencyTable
 from mixq.targets.loading import load_target
 from mixq.targets.profile import TargetProfile
 
@@ -48,6 +48,7 @@ SIZES: dict[str, list[tuple[int, ...]]] = {
     "layer_norm": [(64, 64), (512, 128), (2048, 384)],
     "gelu": [(64, 64), (512, 128), (2048, 384)],
     FALLBACK_KIND: [(4096,), (65536,), (1048576,)],
+    COPY_KIND: [(1, 16, 4, 16), (4, 64, 8, 32), (8, 128, 12, 64)],  # batch, tokens, heads, dim
 }
 # kinds the runtime may run in integer (when the target's integer_kernels lists them)
 INTEGER = ("linear", "matmul", "conv", "add")
@@ -181,6 +182,7 @@ BUILDERS: dict[str, Callable[[tuple[int, ...], str], Built]] = {
     "layer_norm": _unary("LayerNormalization", axis=-1),
     "gelu": _unary("Gelu"),
     FALLBACK_KIND: _binary("Mul"),
+    COPY_KIND: _unary("Transpose", perm=[0, 2, 1, 3]),
 }
 
 
