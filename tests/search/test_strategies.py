@@ -70,6 +70,19 @@ def test_budget_respects_the_budget_exactly(digits, digits_target):
         assert tried and all(p.cost["bops"] <= limit * (1 + 1e-9) for p in tried)
 
 
+def test_budget_evaluates_the_programs_top_k_distinct_plans(digits):
+    model, example, calib, data, _ = digits
+    result = mixq.search(
+        model, example, calib=calib, data=data, evaluate="sqnr", target=200.0,
+        candidates=CANDIDATES, strategy="budget", budget={"bops": 0.8}, top_k=3,
+        max_trials=len(CANDIDATES) + 3, progress=False,
+    )  # fmt: skip
+    program = [p for p in result.points if p.label.startswith("budget: integer program")]
+    assert len(program) == 3 and len({p.key for p in program}) == 3
+    limit = 0.8 * result.reference["bops"]
+    assert all(p.cost["bops"] <= limit * (1 + 1e-9) for p in program)
+
+
 def test_pareto_front_is_monotone_and_spans_the_curve(digits, digits_target):
     model, example, calib, data, _ = digits
     result = mixq.search(

@@ -67,6 +67,7 @@ def search(
     tie: list[list[str]] | None = None,
     ratio: float | None = None,
     points: int = 10,
+    top_k: int = 3,
     cost: str = "bops",
     time_budget_s: float | None = None,
     max_trials: int | None = None,
@@ -101,6 +102,7 @@ def search(
         tie: groups of targets that must share one option (``budget`` strategy).
         ratio: ``ratio`` strategy: raise this fraction (None: bisect the smallest).
         points: ``pareto`` strategy: plans evaluated along the curve.
+        top_k: ``budget`` strategy: the integer program's best plans evaluated for real.
         cost: the figure "cheapest" means: ``bops``, ``latency`` or ``weight_bytes``.
         time_budget_s / max_trials: stop after this long / this many evaluations, and
             return the best plan found so far.
@@ -154,7 +156,9 @@ def search(
     trials.reference = trials.plan(_all_int8(space))[1]
     trials.limits = _limits(budget, trials.reference)
     try:
-        anchors, note = _run(trials, strategy, data[0], hard_samples, budget, tie, ratio, points)
+        anchors, note = _run(
+            trials, strategy, data[0], hard_samples, budget, tie, ratio, points, top_k
+        )
     finally:
         if trials.executor is not executor:  # made here, so ended here
             trials.executor.close()
@@ -227,15 +231,19 @@ def _run(
     tie: list[list[str]] | None,
     ratio: float | None,
     points: int,
+    top_k: int = 3,
 ) -> tuple[dict[str, str], str]:
     note = ""
     if isinstance(trials.progress, _Printer):
-        trials.progress.total, trials.progress.bound = _planned(trials, strategy, ratio, points)
+        planned = _planned(trials, strategy, ratio, points, top_k)
+        trials.progress.total, trials.progress.bound = planned
     uniform = [(trials.space.uniform(cand=c), f"all {c}") for c in trials.space.candidates]
     try:
         trials.evaluate_many(uniform)
         hard = _hard_batch(trials, batch, hard_samples)
-        STRATEGIES[strategy](trials, hard, budget=budget, tie=tie, ratio=ratio, points=points)
+        STRATEGIES[strategy](
+            trials, hard, budget=budget, tie=tie, ratio=ratio, points=points, top_k=top_k
+        )
     except Exhausted as stop:
         note = f"stopped early: {stop}"
         if trials.progress is not None:
@@ -244,7 +252,9 @@ def _run(
     return {label: key for label, key in keys.items() if key in trials.points}, note
 
 
-def _planned(trials: Trials, strategy: str, ratio: float | None, points: int) -> tuple[int, str]:
+def _planned(
+    trials: Trials, strategy: str, ratio: float | None, points: int, top_k: int = 3
+) -> tuple[int, str]:
     """How many plans the run evaluates: exact (``""``), about (``"~"``) or at most
     (``"≤"``); each strategy stops as soon as it can, so a bound is often not reached."""
     units = [u for u in trials.space.free if len(u.options) > 1]
@@ -257,7 +267,7 @@ def _planned(trials: Trials, strategy: str, ratio: float | None, points: int) ->
         total, bound = points, "≤"
     else:  # fallback (and the integer program, which repairs with it): raises, then prunes
         total, bound = 1 + kinds + len(units) * steps + len(units), "≤"
-        total += strategy == "budget"
+        total += top_k if strategy == "budget" else 0
     total += anchors
     if trials.max_trials is not None and trials.max_trials < total:
         total, bound = trials.max_trials, "≤"

@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import product
 from typing import Any
 
@@ -143,9 +144,15 @@ class _Program:
                 self.cost_z[k].append(0.0)
         return pair[key]
 
-    def solve(self, limits: dict[str, float], ties: list[list[str]]) -> Assignment | None:
+    def solve(
+        self, limits: dict[str, float], ties: list[list[str]], exclude: Sequence[Assignment] = ()
+    ) -> Assignment | None:
+        """The best assignment within ``limits``, other than those in ``exclude``."""
         size = self.n + len(self.cost_z["bops"])
         rows: list[tuple[dict[int, float], float, float]] = []
+        for taken in exclude:  # a no-good cut: at least one unit differs from ``taken``
+            cut = {self.x[(u, c)]: 1.0 for u, c in taken.items() if (u, c) in self.x}
+            rows.append((cut, -np.inf, len(cut) - 1.0))
         for u in self.space.units.values():
             rows.append(({self.x[(u.name, c)]: 1.0 for c in u.options}, 1.0, 1.0))
         for a, b, pair in self.pairs:
@@ -214,23 +221,28 @@ def solve(
     errors: dict[str, dict[str, float]],
     budget: dict[str, float],
     tie: list[list[str]] | None = None,
-) -> Assignment | None:
-    """The assignment of least predicted loss within ``budget`` (absolute limits per key),
-    re-solved with tighter limits until the real plan cost fits (None: none fits)."""
+    top_k: int = 1,
+) -> list[Assignment]:
+    """The ``top_k`` assignments of least predicted loss within ``budget`` (absolute limits
+    per key), best first: each re-solved with tighter limits until the real plan cost fits,
+    the next one with the earlier ones cut off (empty: none fits)."""
     program = _Program(trials.space, errors)
     ties = _ties(trials.space, tie or [])
-    limits = dict(budget)
-    for _ in range(8):
-        chosen = program.solve(limits, ties)
+    limits, found = dict(budget), list[Assignment]()
+    for _ in range(8 * top_k):
+        chosen = program.solve(limits, ties, found)
         if chosen is None:
-            return None
+            break
         cost = trials.plan(chosen)[1]
         over = {k: cost[k] / budget[k] for k in budget if cost[k] > budget[k] * (1 + 1e-9)}
         if not over:
-            return chosen
+            found.append(chosen)
+            if len(found) == top_k:
+                break
+            continue
         for k, ratio in over.items():
             limits[k] = limits[k] / ratio * 0.999
-    return None
+    return found
 
 
 def budget_search(
@@ -238,22 +250,29 @@ def budget_search(
     batch: Any,
     budget: dict[str, float] | None = None,
     tie: list[list[str]] | None = None,
+    top_k: int = 3,
     **_: Any,
 ) -> None:
-    """Solve the program for ``budget`` (fractions of the all-int8 cost), evaluate the
-    plan, and repair it with `fallback_search` (moves within the budget) if it misses."""
+    """Solve the program for ``budget`` (fractions of the all-int8 cost), evaluate its
+    ``top_k`` plans for real (at once, on the search's executor), and when none meets the
+    target repair the best-predicted one with `fallback_search` (moves within the budget).
+    The predicted loss adds up errors measured one unit at a time, so the second or third
+    plan can score better than the first; the cheapest that meets the target wins."""
     if not budget:
         raise ConfigError("strategy 'budget' needs a budget, e.g. budget={'bops': 0.5}")
     reference = trials.reference
     limits = trials.limits
     errors = unit_errors(trials, batch, progress=trials.progress is not None)
-    chosen = solve(trials, errors, limits, tie)
-    if chosen is None:
+    plans = solve(trials, errors, limits, tie, top_k)
+    if not plans:
         cheapest = trials.plan(trials.space.uniform(0))[1]
         raise ConfigError(
             f"no plan fits the budget {budget} (relative to all-int8); the cheapest plan "
             "costs " + ", ".join(f"{k} {cheapest[k] / reference[k]:.3g}" for k in budget)
         )
-    point = trials.evaluate(chosen, "budget: integer program")
-    if not point.met:
-        fallback_search(trials, batch, start=chosen, fits=trials.fits, prune=False)
+    labels = ["budget: integer program"] + [
+        f"budget: integer program, plan {i + 1}" for i in range(1, len(plans))
+    ]
+    points = trials.evaluate_many(list(zip(plans, labels, strict=True)))
+    if not any(p.met for p in points):
+        fallback_search(trials, batch, start=plans[0], fits=trials.fits, prune=False)
