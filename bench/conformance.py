@@ -5,21 +5,7 @@
     python bench/conformance.py --json out.json    # also write the results
     python bench/conformance.py --table a.json b.json   # print the table of earlier runs
 
-Stages (issue 11, part 2); a cell is ``ok``, an SQNR in dB, ``skip: why``, ``FAIL``, or the
-exception class and the first line of its message:
-
-    int8 / a16w8 / w4a8 / fp16   quantize + calibrate (2 batches), SQNR(Sim vs float), all outputs
-    off==float                   int8 Sim, every quantizer off, equals the float model bit for bit
-    shape                        the int8 Sim on batch 1 and a shorter sequence, SQNR vs float
-    export / export_fp16         sim.export_onnx, SQNR(Sim vs ORT) measured here on every float
-                                 output of the file (NaN / constant outputs are failures)
-    onnx_path                    torch.onnx.export of the float model -> mixq.quantize(.onnx) int8,
-                                 calibrate, SQNR vs float ORT
-    sens                         QuantAnalysis(sim).sensitivity(mode="fast") has rows
-    bad_cases                    QuantAnalysis(sim).find_bad_cases(...) has .rows and .save
-    search                       mixq.search with two trials
-    vendor                       every vendor format written by sim.export and read back
-    check                        mixq.check
+Stages and what each cell means: `tests.conformance.stages` (its docstring lists them).
 
 Only mixq's public API is used. Torch threads are set to 1 (``--threads``).
 """

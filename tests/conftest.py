@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mixq import zoo
+from mixq.sim.executors import ProcessExecutor, RayExecutor
 
 os.environ.setdefault("MIXQ_PROGRESS", "0")
 
@@ -37,3 +38,23 @@ def mlp_model():
     g = torch.Generator().manual_seed(2)
     calib = [(torch.randn(4, 1, 8, 8, generator=g),) for _ in range(4)]
     return model, inputs, calib
+
+
+# -- executors (tests/analysis, tests/search): one pool / Ray cluster per test module -------
+@pytest.fixture(scope="module")
+def pool():
+    """A local process pool of two workers."""
+    with ProcessExecutor(workers=2) as executor:
+        yield executor
+
+
+@pytest.fixture(scope="module")
+def ray_pool():
+    """Two Ray actors on a local two-CPU cluster (skipped without Ray)."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'mixq[ray]')")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        with RayExecutor(workers=2) as executor:
+            yield executor
+    finally:
+        ray.shutdown()

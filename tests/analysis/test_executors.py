@@ -15,7 +15,7 @@ import mixq
 from mixq import zoo
 from mixq.analysis.metrics import Metric, l1
 from mixq.core.table import Table
-from mixq.sim.executors import ExecutorError, ProcessExecutor, RayExecutor
+from mixq.sim.executors import ExecutorError
 
 
 def _same(a: Table, b: Table) -> None:
@@ -54,23 +54,6 @@ def bert_sim(bert_model):
     model, inputs, calib = bert_model
     sim = mixq.quantize(model, inputs, "int8").calibrate(calib, progress=False)
     return sim, calib[:2]
-
-
-@pytest.fixture(scope="module")
-def pool():
-    with ProcessExecutor(workers=2) as executor:
-        yield executor
-
-
-@pytest.fixture(scope="module")
-def ray_pool():
-    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'mixq[ray]')")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        with RayExecutor(workers=2) as executor:
-            yield executor
-    finally:
-        ray.shutdown()
 
 
 @pytest.mark.slow

@@ -112,7 +112,8 @@ def test_float_quantizers_stay_cast_pairs_without_islands(tmp_path):
 
 def test_u8_weights_keep_the_grid(tmp_path):
     _, _, sim = _sim("mlp")
-    s8 = sim.export_onnx(tmp_path / "s8.onnx", u8_weights=False)
+    # int8 weights saturate ORT's u8 x s8 kernels on CPUs without VNNI: only the grid here
+    s8 = sim.export_onnx(tmp_path / "s8.onnx", u8_weights=False, check=False)
     u8 = sim.export_onnx(tmp_path / "u8.onnx", u8_weights=True)
     assert "uint8" in "\n".join(u8.notes) and not s8.notes
     values = []

@@ -14,27 +14,9 @@ import mixq
 from mixq import zoo
 from mixq.analysis.metrics import sqnr
 from mixq.search import SearchResult
-from mixq.sim.executors import ProcessExecutor, RayExecutor
 from tests.transforms.models import bert_batches
 
 STRATEGIES = ["fallback", "ratio", "pareto", "budget"]
-
-
-@pytest.fixture(scope="module")
-def pool():
-    with ProcessExecutor(workers=2) as executor:
-        yield executor
-
-
-@pytest.fixture(scope="module")
-def ray_pool():
-    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'mixq[ray]')")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        with RayExecutor(workers=2) as executor:
-            yield executor
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +38,7 @@ def _run(strategy: str, case: tuple, executor, **kw) -> SearchResult:
 
 def _same(serial: SearchResult, parallel: SearchResult) -> None:
     """Same points in the same order with the same scores, and the same plan."""
-    assert [(p.key, p.label) for p in parallel.points] == [
-        (p.key, p.label) for p in serial.points
-    ]
+    assert [(p.key, p.label) for p in parallel.points] == [(p.key, p.label) for p in serial.points]
     for a, b in zip(serial.points, parallel.points, strict=True):
         assert b.score == pytest.approx(a.score, rel=1e-6, abs=1e-9), a.label
     assert parallel.plan.to_dict() == serial.plan.to_dict()

@@ -11,8 +11,10 @@ from __future__ import annotations
 import math
 from typing import Any, TypeGuard
 
+from mixq.analysis.overflow import check_overflow
 from mixq.core.qtypes import qtype
 from mixq.core.table import Table
+from mixq.observers.base import MASK_MAGNITUDE
 from mixq.sim.protocol import SimLike
 
 __all__ = ["OVERWIDE", "WIDE_INT8_RANGE", "advise"]
@@ -33,11 +35,18 @@ def _row(op: str, issue: str, advice: str) -> dict[str, str]:
     return {"op": op, "issue": issue, "advice": advice}
 
 
+def _bad_bound(value: float, float_value: float) -> bool:
+    """A NaN / inf bound of a compared output, other than a mask's -inf where the float
+    model has a mask sentinel (-inf or finfo.min, which fp16 rounds to -inf)."""
+    mask = value < 0 and float_value <= -MASK_MAGNITUDE
+    return not math.isfinite(value) and not mask
+
+
 def _nonfinite(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     out = []
     for r in rows:
-        values = [r[k] for k in ("float_min", "float_max", "quant_min", "quant_max")]
-        if not all(math.isfinite(v) for v in values):
+        ends = [(side, end) for side in ("float", "quant") for end in ("min", "max")]
+        if any(_bad_bound(r[f"{side}_{end}"], r[f"float_{end}"]) for side, end in ends):
             out.append(
                 _row(
                     r["op"],
@@ -151,6 +160,16 @@ def _integer_outputs(sim: SimLike) -> list[dict[str, str]]:
     return out
 
 
+def _float_overflow(qa: Any) -> list[dict[str, str]]:
+    """fp16 / bf16 tensors whose range on the bad case overflows the type, and the first
+    NaN the Sim makes on it (`mixq.analysis.overflow`)."""
+    if qa.bad is None:
+        return []
+    overflows, nan = check_overflow(qa.sim, qa.bad.bad_case)
+    rows = [_row(o.tensor, o.issue, o.advice) for o in overflows]
+    return rows + ([_row(nan.tensor, nan.issue, nan.advice)] if nan is not None else [])
+
+
 def _both_sensitive(tables: dict[str, Table]) -> list[dict[str, str]]:
     def top(kind: str) -> set[str]:
         rows = [
@@ -182,6 +201,7 @@ def advise(qa: Any) -> Table:
     rows = compare.rows if compare is not None else []
     findings = (
         _nonfinite(rows)
+        + _float_overflow(qa)
         + _wide_int8(rows)
         + _overwide(sim, rows)
         + _uncovered(sim, rows)

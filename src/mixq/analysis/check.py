@@ -3,7 +3,9 @@
 `mixq.check` runs a copy of the model once with a hook on every module, resolves the config into
 a Plan, and reports six tables: call counts, shared modules (with each call's output range),
 unused modules, fusable ops that did not fuse, each layer's precision, and configurations
-worth a second look. Nothing is calibrated and the user's model is never touched.
+worth a second look (among them, with fp16 / bf16 in the plan, tensors whose range on the
+example inputs overflows that type and the first NaN the Sim makes: `mixq.analysis.overflow`).
+Nothing is calibrated and the user's model is never touched.
 
 Example:
     >>> import torch, mixq
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mixq.analysis.calls import ModuleCalls, call_rows
+from mixq.analysis.overflow import check_overflow
 from mixq.core.qtypes import qtype
 from mixq.core.table import Table
 from mixq.graph.fusion import IDENTITY_KINDS, FusionGroup, find_fusion_groups, fusion_stages
@@ -138,7 +141,7 @@ def check_sim(
         *call_sections,
         unfused=_table("unfused", unfused_rows(sim.graph, fuses_residual_add(sim.plan.target))),
         layers=_table("layers", _layer_rows(sim)),
-        unusual=_table("unusual", _unusual_rows(sim.graph, sim.plan, requested)),
+        unusual=_table("unusual", _unusual_rows(sim.graph, sim.plan, requested) + _overflows(sim)),
     )
 
 
@@ -292,6 +295,13 @@ def _unusual_rows(graph: Graph, plan: Plan, requested: Plan) -> list[dict[str, s
 
 def _row(name: str, issue: str, advice: str) -> dict[str, str]:
     return {"op/tensor": name, "issue": issue, "advice": advice}
+
+
+def _overflows(sim: Any) -> list[dict[str, str]]:
+    """Tensors beyond their fp16 / bf16 range on the example inputs, and the first NaN."""
+    overflows, nan = check_overflow(sim)
+    rows = [_row(o.tensor, o.issue, o.advice) for o in overflows]
+    return rows + ([_row(nan.tensor, nan.issue, nan.advice)] if nan is not None else [])
 
 
 def _target_rows(plan: Plan, requested: Plan) -> list[dict[str, str]]:

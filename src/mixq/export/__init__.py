@@ -14,11 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from mixq.export import qdq_onnx, qdq_torch
-from mixq.export.core import ExportOptions, ExportReport
+from mixq.export.check import ExportCheckError
+from mixq.export.core import DEFAULT_MIN_SQNR_DB, ExportOptions, ExportReport
 from mixq.sim.onnx.sim import OnnxSim
 from mixq.sim.protocol import SimLike
 
-__all__ = ["ExportOptions", "ExportReport", "export_onnx"]
+__all__ = ["ExportCheckError", "ExportOptions", "ExportReport", "export_onnx"]
 
 
 def export_onnx(
@@ -28,6 +29,7 @@ def export_onnx(
     u8_weights: bool | None = None,
     float_islands: bool = True,
     keep_io_types: bool = True,
+    min_sqnr_db: float | None = DEFAULT_MIN_SQNR_DB,
 ) -> ExportReport:
     """Write ``sim`` as an ONNX Q/DQ model (opset 21) at ``path``; with ``check``, run it.
 
@@ -46,6 +48,10 @@ def export_onnx(
             False gives those the plan runs in fp16 / bf16 that element type, without the
             Casts at the boundary (`mixq.export.io_types`); the check then feeds inputs in
             that type and compares outputs as float.
+        min_sqnr_db: the check fails (`ExportCheckError`, naming the output and the first
+            value where Sim and file part; the file is removed) below this SQNR(Sim vs ORT);
+            None keeps only the failures no threshold excuses (NaN, a constant output where
+            the Sim's varies, a different number of outputs).
 
     Raises:
         MixqError: a quantizer is not calibrated or missing from the result, or (``check``)
@@ -54,7 +60,7 @@ def export_onnx(
     Example:
         >>> # report = export_onnx(sim, "model.onnx"); print(report.to_text())
     """
-    options = ExportOptions(check, u8_weights, float_islands, keep_io_types)
+    options = ExportOptions(check, u8_weights, float_islands, keep_io_types, min_sqnr_db)
     if isinstance(sim, OnnxSim):
         return qdq_onnx.export_onnx(sim, path, options)
     return qdq_torch.export_onnx(sim, path, options)

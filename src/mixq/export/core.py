@@ -3,8 +3,8 @@
 `mixq.export.qdq_torch` and `mixq.export.qdq_onnx` each turn their kind of Sim into an
 ``onnx.ModelProto`` and a comparison function (SQNR of Sim vs ONNX Runtime per output);
 `finish_export` then checks the model, writes it, lists the 16-bit parts ORT only simulates
-and, with ``options.check``, runs the comparison (a node ORT cannot run is named, and the file
-removed).
+and, with ``options.check``, runs the comparison (`mixq.export.check`: an output ORT does not
+reproduce, or a node ORT cannot run, is named, and the file removed).
 
 Example:
     >>> options = ExportOptions(u8_weights=False)
@@ -12,10 +12,13 @@ Example:
     (True, False)
     >>> ExportReport(Path("m.onnx"), sqnr_db=[41.5, 38.0]).min_sqnr_db
     38.0
+    >>> ExportReport(Path("m.onnx"), sqnr_db=[41.5, float("nan")]).min_sqnr_db
+    nan
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tempfile
@@ -26,6 +29,7 @@ from pathlib import Path
 import onnx
 
 from mixq.core.errors import MixqError
+from mixq.export.check import DEFAULT_MIN_SQNR_DB, ExportCheckError
 from mixq.sim.protocol import SimLike
 
 __all__ = [
@@ -63,15 +67,21 @@ def has_vnni() -> bool:
 class ExportOptions:
     """The options of `mixq.export.export_onnx` (see there), as one value.
 
+    ``min_sqnr_db`` is the check's threshold: an output whose SQNR(Sim vs ONNX Runtime) is
+    lower fails the export (None: only NaN / Inf, constant outputs and count mismatches fail).
+
     Example:
         >>> ExportOptions(float_islands=False).keep_io_types
         True
+        >>> ExportOptions().min_sqnr_db
+        35.0
     """
 
     check: bool = True
     u8_weights: bool | None = None
     float_islands: bool = True
     keep_io_types: bool = True
+    min_sqnr_db: float | None = DEFAULT_MIN_SQNR_DB
 
     def resolved_u8_weights(self) -> bool:
         """``u8_weights``, decided from this machine's CPU when it is None."""
@@ -86,6 +96,8 @@ class ExportReport:
         >>> print(ExportReport(Path("m.onnx"), sqnr_db=[40.0]).to_text())
         exported m.onnx (opset 21), 0 quantizers
         SQNR(Sim vs ONNX Runtime) per output, dB: 40.0
+        >>> print(ExportReport(Path("m.onnx")).to_text().splitlines()[1])
+        SQNR(Sim vs ONNX Runtime): not checked (check=False)
     """
 
     path: Path
@@ -93,17 +105,23 @@ class ExportReport:
     sqnr_db: list[float] = field(default_factory=list)
     simulated_16bit: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    checked: bool = False
 
     @property
     def min_sqnr_db(self) -> float:
-        return min(self.sqnr_db) if self.sqnr_db else float("nan")
+        """The lowest SQNR; NaN when unchecked or when any output's is NaN (never hidden)."""
+        if not self.sqnr_db or any(math.isnan(v) for v in self.sqnr_db):
+            return float("nan")
+        return min(self.sqnr_db)
 
     def to_text(self) -> str:
-        lines = [
-            f"exported {self.path} (opset {OPSET}), {len(self.quantizers)} quantizers",
-            "SQNR(Sim vs ONNX Runtime) per output, dB: "
-            + ", ".join(f"{v:.1f}" for v in self.sqnr_db),
-        ]
+        values = ", ".join(_db(v) for v in self.sqnr_db)
+        if self.sqnr_db:
+            sqnr = f"SQNR(Sim vs ONNX Runtime) per output, dB: {values}"
+        else:
+            why = "no float outputs to compare" if self.checked else "not checked (check=False)"
+            sqnr = f"SQNR(Sim vs ONNX Runtime): {why}"
+        lines = [f"exported {self.path} (opset {OPSET}), {len(self.quantizers)} quantizers", sqnr]
         if self.simulated_16bit:
             lines.append(
                 f"{len(self.simulated_16bit)} 16-bit quantizers: ONNX Runtime's CPU "
@@ -112,6 +130,10 @@ class ExportReport:
             )
         lines += self.notes
         return "\n".join(lines)
+
+
+def _db(value: float) -> str:
+    return "NaN (not comparable)" if math.isnan(value) else f"{value:.1f}"
 
 
 def lost_quantizers(lost: list[str]) -> MixqError:
@@ -173,6 +195,21 @@ def _not_implemented(exc: Exception, islands: list[str]) -> MixqError:
     )
 
 
+_SATURATION_HINT = (
+    "This CPU has no VNNI and the file stores int8 weights as int8 (u8_weights=False), "
+    "which ORT's u8 x s8 kernels saturate: export with u8_weights=True (the same grid)"
+)
+
+
+def _saturates(options: ExportOptions, sim: SimLike) -> bool:
+    """Whether int8 weights stay int8 on a CPU whose u8 x s8 kernels saturate."""
+    int8_weights = any(
+        q.enabled and q.point.kind == "weight" and q.qtype.name == "int8"
+        for q in sim.named_quantizers().values()
+    )
+    return int8_weights and not options.resolved_u8_weights() and not has_vnni()
+
+
 def _is_not_implemented(exc: Exception) -> bool:
     return "NOT_IMPLEMENTED" in str(exc) or "NotImplemented" in type(exc).__name__
 
@@ -181,26 +218,33 @@ def finish_export(
     model: onnx.ModelProto,
     report: ExportReport,
     sim: SimLike,
-    compare: Callable[[Path], list[float]],
-    check: bool,
+    compare: Callable[[Path, float | None], list[float]],
+    check: bool | ExportOptions,
     islands: list[str],
 ) -> ExportReport:
     """Check ``model``, write it at ``report.path`` and, with ``check``, compare it in ORT.
 
-    ``compare(path)`` gives SQNR(Sim vs ORT) per output; where ORT has no kernel for a node
-    the file is removed and the error names the node and the plan's ``islands``.
+    ``compare(path, min_sqnr_db)`` gives SQNR(Sim vs ORT) per output and raises
+    `mixq.export.check.ExportCheckError` where ORT does not reproduce the Sim; ``check`` is
+    the options (or just their ``check``: the default threshold then). On any failure the
+    file is removed; where ORT has no kernel for a node the error names the node and the
+    plan's ``islands``.
 
     Example:
-        >>> # finish_export(model, ExportReport(path), sim, compare, True, islands)
+        >>> # finish_export(model, ExportReport(path), sim, compare, options, islands)
     """
+    options = check if isinstance(check, ExportOptions) else ExportOptions(check=check)
     onnx.checker.check_model(model)
     save_model(model, report.path)
     report.simulated_16bit = _simulated_16bit(sim)
-    if check:
+    if options.check:
         try:
-            report.sqnr_db = compare(report.path)
+            report.sqnr_db = compare(report.path, options.min_sqnr_db)
+            report.checked = True
         except Exception as exc:
             report.path.unlink(missing_ok=True)
+            if isinstance(exc, ExportCheckError) and _saturates(options, sim):
+                raise ExportCheckError(f"{exc}. {_SATURATION_HINT}") from exc
             if not _is_not_implemented(exc):
                 raise
             raise _not_implemented(exc, islands) from exc

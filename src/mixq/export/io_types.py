@@ -18,7 +18,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,7 @@ from onnx import TensorProto, helper
 from mixq.export.onnx_edit import FLOAT_TYPES, cast_target
 from mixq.sim.onnx.rewrite import fresh_name
 
-__all__ = ["IO_TYPES", "float_io", "io_precisions", "ort_session"]
+__all__ = ["IO_TYPES", "OrtSession", "float_io", "io_precisions", "ort_session"]
 
 IO_TYPES = FLOAT_TYPES
 _SHAPE_ONLY = frozenset({"Shape", "Size"})
@@ -179,36 +179,51 @@ def float_io(
     return [f"{what}: {', '.join(names)}" for what, names in changed.items()]
 
 
-def ort_session(path: Any) -> Callable[[Any], list[np.ndarray]]:
+class OrtSession:
+    """A file run in ONNX Runtime (CPU, default optimisations), as `ort_session` makes it.
+
+    Attributes:
+        names: the file's output names, in order (a run returns those, then the extras).
+    """
+
+    def __init__(self, source: str | bytes, names: list[str], fetch: list[str]) -> None:
+        import onnxruntime as ort
+
+        self.names, self.fetch = names, fetch
+        self.session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+
+    def __call__(self, arrays: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        inputs = self.session.get_inputs()
+        if isinstance(arrays, Mapping):
+            arrays = [arrays[i.name] for i in inputs]
+        feeds = {i.name: _feed(a, i.type) for i, a in zip(inputs, arrays, strict=True)}
+        got = [np.asarray(g) for g in self.session.run(self.fetch, feeds)]
+        return [g.astype(np.float32) if g.dtype == np.float16 else g for g in got]
+
+
+def ort_session(path: Any, extra: Sequence[str] = ()) -> OrtSession:
     """Run ``path`` in ONNX Runtime (CPU): float32 arrays in (a list in input order, or
     by input name), float32 arrays out.
 
     Inputs are converted to the file's input types (fp16, bf16); fp16 / bf16 outputs are
     read back as float32 (bf16 through a Cast added to the session's copy of the model,
-    as NumPy has no bf16).
-    """
-    import onnxruntime as ort
+    as NumPy has no bf16). ``extra`` names intermediate values to return after the outputs,
+    as float32, each through a Cast made a graph output of the session's copy: ORT then no
+    longer fuses the nodes around them, so they locate a difference rather than measure it.
 
+    Example:
+        >>> # run = ort_session("model.onnx"); outputs = run([x]); run.names
+    """
     model = onnx.load(str(path))
     names = [o.name for o in model.graph.output]
-    bf16 = [o.name for o in model.graph.output if o.type.tensor_type.elem_type == _BF16]
-    for name in bf16:
-        wide = f"{name}/mixq_check_fp32"
-        model.graph.node.append(helper.make_node("Cast", [name], [wide], to=TensorProto.FLOAT))
-        model.graph.output.append(helper.make_tensor_value_info(wide, TensorProto.FLOAT, None))
-        names[names.index(name)] = wide
-    source = model.SerializeToString() if bf16 else str(path)
-    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
-
-    def run(arrays: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        inputs = session.get_inputs()
-        if isinstance(arrays, Mapping):
-            arrays = [arrays[i.name] for i in inputs]
-        feeds = {i.name: _feed(a, i.type) for i, a in zip(inputs, arrays, strict=True)}
-        got = [np.asarray(g) for g in session.run(names, feeds)]
-        return [g.astype(np.float32) if g.dtype == np.float16 else g for g in got]
-
-    return run
+    bf16 = {o.name for o in model.graph.output if o.type.tensor_type.elem_type == _BF16}
+    widen = bf16 | set(extra)
+    wide = {n: f"{n}/mixq_check_fp32" for n in [*names, *extra] if n in widen}
+    for name, to_fp32 in wide.items():
+        model.graph.node.append(helper.make_node("Cast", [name], [to_fp32], to=TensorProto.FLOAT))
+        model.graph.output.append(helper.make_tensor_value_info(to_fp32, TensorProto.FLOAT, None))
+    source = model.SerializeToString() if wide else str(path)
+    return OrtSession(source, names, [wide.get(n, n) for n in [*names, *extra]])
 
 
 def _feed(array: np.ndarray, ort_type: str) -> Any:

@@ -1,7 +1,9 @@
 """A copy of an ONNX Sim's model open for editing: lookups, fresh names, renames, pruning.
 
 The ONNX exporter (`mixq.export.onnx_freeze`) and its float islands
-(`mixq.export.onnx_islands`) rewrite one `ModelEdit`.
+(`mixq.export.onnx_islands`) rewrite one `ModelEdit`. Its graph inputs and outputs all have
+a shape (`complete_io_types`): converters often write outputs with only an element type,
+which ONNX Runtime accepts and the ONNX checker does not.
 
 Example:
     >>> from onnx import helper
@@ -14,18 +16,27 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from mixq.sim.onnx.capture import subgraph_inputs
 from mixq.sim.onnx.rewrite import fresh_name
 
 if TYPE_CHECKING:
     from mixq.sim.onnx.sim import OnnxSim
 
-__all__ = ["FLOAT_TYPES", "ModelEdit", "cast_target", "initializer", "subgraph_inputs"]
+__all__ = [
+    "FLOAT_TYPES",
+    "ModelEdit",
+    "cast_target",
+    "complete_io_types",
+    "initializer",
+    "subgraph_inputs",
+]
 
 FLOAT_TYPES = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
 _NUMPY: dict[int, type[np.generic]] = {
@@ -55,16 +66,56 @@ def cast_target(node: onnx.NodeProto) -> int | None:
     return next((a.i for a in node.attribute if a.name == "to"), None)
 
 
-def subgraph_inputs(node: onnx.NodeProto) -> set[str]:
-    """Names read inside an If / Loop / Scan body (they may come from the outer graph)."""
-    names: set[str] = set()
-    for attr in node.attribute:
-        graphs = [attr.g] if attr.HasField("g") else []
-        for graph in [*graphs, *attr.graphs]:
-            for inner in graph.node:
-                names.update(inner.input)
-                names.update(subgraph_inputs(inner))
-    return names
+def _has_shape(value: onnx.ValueInfoProto) -> bool:
+    """Whether the checker takes ``value`` as a main-graph input / output (sequence and
+    map values are left as they are)."""
+    if not value.HasField("type"):
+        return False
+    tensor = value.type.tensor_type
+    if not value.type.HasField("tensor_type"):
+        return True
+    return tensor.elem_type != 0 and tensor.HasField("shape")
+
+
+def _inferred(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    try:
+        graph = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
+    except Exception:  # inference is a refinement: a run of the Sim gives the rank anyway
+        return {}
+    return {v.name: v for v in [*graph.input, *graph.value_info, *graph.output]}
+
+
+def complete_io_types(
+    values: Sequence[onnx.ValueInfoProto],
+    model: onnx.ModelProto,
+    run: Callable[[], Mapping[str, np.ndarray]],
+) -> None:
+    """Give each tensor value without a shape (or element type) one, in place: the shape ONNX
+    infers on ``model`` where it knows one, else the rank of the value in ``run()`` (a run of
+    the Sim, called only then) with dimensions left unknown, which holds for any input size.
+
+    Example:
+        >>> y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+        >>> complete_io_types([y], onnx.ModelProto(), lambda: {"y": np.zeros((2, 3))})
+        >>> len(y.type.tensor_type.shape.dim)
+        2
+    """
+    missing = [v for v in values if not _has_shape(v)]
+    inferred = _inferred(model) if missing else {}
+    arrays: Mapping[str, np.ndarray] | None = None
+    for value in missing:
+        known = inferred.get(value.name)
+        elem = value.type.tensor_type.elem_type
+        if known is not None and _has_shape(known) and known.type.HasField("tensor_type"):
+            shape = known.type.tensor_type.shape
+            value.type.tensor_type.shape.CopyFrom(shape)
+            value.type.tensor_type.elem_type = elem or known.type.tensor_type.elem_type
+            continue
+        arrays = run() if arrays is None else arrays
+        if value.name in arrays:
+            array = np.asarray(arrays[value.name])
+            elem = elem or helper.np_dtype_to_tensor_dtype(array.dtype)
+            value.type.CopyFrom(helper.make_tensor_type_proto(elem, [None] * array.ndim))
 
 
 class ModelEdit:
@@ -77,9 +128,18 @@ class ModelEdit:
         self.model.CopyFrom(sim.model)
         self.g = self.model.graph
         del self.g.output[len(sim.output_names) :]
+        inputs = [v for v in self.g.input if v.name in sim.input_names]
+        complete_io_types([*inputs, *self.g.output], self.model, self._float_run)
         self.producer = {o: n for n in self.g.node for o in n.output if o}
         self.inits = {i.name: i for i in self.g.initializer}
         self.used = set(self.producer) | set(self.inits) | {v.name for v in self.g.input}
+
+    def _float_run(self) -> dict[str, np.ndarray]:
+        """The Sim's inputs and outputs on its example inputs, every quantizer off."""
+        args, kwargs = self.sim.example_inputs
+        feeds = self.sim.input_feeds(kwargs or args)
+        outputs = self.sim.run_feeds(feeds, self.sim.output_names, enabled=())
+        return {**feeds, **dict(zip(self.sim.output_names, outputs, strict=True))}
 
     def fresh(self, name: str) -> str:
         """``name``, or ``name`` with a suffix if the model already has that name."""

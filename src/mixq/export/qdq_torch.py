@@ -2,8 +2,10 @@
 
 Each enabled quantizer becomes QuantizeLinear -> DequantizeLinear (activations), an integer
 initializer -> DequantizeLinear (weights, per channel with ``axis``), or a Cast pair (float
-precisions). Batch-norms whose scale is folded into a conv's weight grid are folded into the
-conv, so the exported weight is exactly the integer grid the Sim used.
+precisions). A quantizer that passes attention masks (``mask_passthrough``) is wrapped in
+``Where(Abs(x) >= MASK_MAGNITUDE, x, DQ(Q(x)))``, as the Sim computes it. Batch-norms whose
+scale is folded into a conv's weight grid are folded into the conv, so the exported weight
+is exactly the integer grid the Sim used.
 
 Example:
     >>> # report = export_onnx(sim, "model.onnx")   # sim.export_onnx("model.onnx")
@@ -18,15 +20,15 @@ import json
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import onnx
 import torch
 from torch import fx
 
-from mixq.analysis.metrics import float_leaves, sqnr
+from mixq.analysis.metrics import float_leaves
 from mixq.core import primitives as P
 from mixq.core.errors import MixqError
 from mixq.core.quiet import quiet_dependencies
+from mixq.export.check import check_outputs, locate_divergence
 from mixq.export.core import (
     OPSET,
     U8_WEIGHTS_NOTE,
@@ -38,6 +40,7 @@ from mixq.export.core import (
 from mixq.export.io_types import float_io, io_precisions, ort_session
 from mixq.export.islands import make_float_islands
 from mixq.export.onnx_ops import TRANSLATIONS
+from mixq.observers.base import MASK_MAGNITUDE
 from mixq.sim.torch.capture import dynamic_shapes, split_inputs
 from mixq.sim.torch.quantizer import ActivationQuantizer, WeightQuantizer
 from mixq.targets.fusion import target_fusion_groups
@@ -100,7 +103,14 @@ class _Rewriter:
             dtype, zero_point = "uint8", zero_point + 128
         s = self._buffer("s", q.scale.reshape(()).float(), q.name)
         z = self._buffer("z", zero_point, q.name)
-        return self.graph.call_function(torch.ops.mixq.qdq.default, (node.args[0], s, z, dtype))
+        x = node.args[0]
+        qdq = self.graph.call_function(torch.ops.mixq.qdq.default, (x, s, z, dtype))
+        if not q.mask_passthrough:
+            return qdq
+        # attention-mask values pass unquantized, as in the Sim: Abs, GreaterOrEqual, Where
+        magnitude = self.graph.call_function(torch.abs, (x,))
+        big = self.graph.call_function(torch.ge, (magnitude, MASK_MAGNITUDE))
+        return self.graph.call_function(torch.where, (big, x, qdq))
 
     def _weight(self, node: fx.Node, q: WeightQuantizer) -> fx.Node:
         w, *bn = self.sim.weight_args(q.name)
@@ -238,20 +248,23 @@ def _io_by_onnx_name(sim: Any, model: onnx.ModelProto) -> tuple[dict[str, str], 
     return pairs[0], pairs[1]
 
 
-def _check(path: Path, sim: Any, batch: Any) -> list[float]:
-    """SQNR(Sim vs ORT) per float output on ``batch``."""
+def _check(path: Path, min_db: float | None, sim: Any, batch: Any) -> list[float]:
+    """SQNR(Sim vs ORT) per float output on ``batch``; where ORT does not reproduce the Sim,
+    `mixq.export.check.ExportCheckError` names the output and the first value that parts."""
     run = ort_session(path)
     args, kwargs = split_inputs(batch)
-    flat = [t for t in [*args, *kwargs.values()] if isinstance(t, torch.Tensor)]
-    got = run([t.numpy() for t in flat])
+    feeds = [t.numpy() for t in [*args, *kwargs.values()] if isinstance(t, torch.Tensor)]
+    got = run(feeds)
     with torch.no_grad():
         want = float_leaves(sim(*args, **kwargs))
-    ort_float = [
-        torch.from_numpy(np.asarray(g))
-        for g in got
-        if np.issubdtype(np.asarray(g).dtype, np.floating)
-    ]
-    return [sqnr(w, o) for w, o in zip(want, ort_float, strict=False)]
+    floats = [(n, g) for n, g in zip(run.names, got, strict=True) if g.dtype.kind == "f"]
+    return check_outputs(
+        [n for n, _ in floats],
+        want,
+        [torch.from_numpy(g) for _, g in floats],
+        min_db,
+        lambda: locate_divergence(path, feeds, sim, batch, min_db),
+    )
 
 
 def _softmax_notes(sim: Any) -> list[str]:
@@ -314,4 +327,4 @@ def export_onnx(sim: Any, path: str | Path, options: ExportOptions) -> ExportRep
         report.notes += float_io(model, *_io_by_onnx_name(sim, model))
     batch = sim.example_inputs[1] or sim.example_inputs[0]
     compare = functools.partial(_check, sim=sim, batch=batch)
-    return finish_export(model, report, sim, compare, options.check, islands)
+    return finish_export(model, report, sim, compare, options, islands)

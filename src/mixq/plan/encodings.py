@@ -41,6 +41,9 @@ class Encoding(Record):
             (flattened, row-major, ``block_size`` along ``axis``).
         min / max: the calibrated float range (activations), where known.
         readers: for a conversion, the ops that read it.
+        mask_passthrough: values with ``|x| >= MASK_MAGNITUDE`` (attention masks: -inf,
+            ``finfo.min``) pass unquantized (`mixq.observers.MASK_MAGNITUDE`); files
+            without the key read as False.
     """
 
     name: str
@@ -55,6 +58,7 @@ class Encoding(Record):
     min: float | None = None
     max: float | None = None
     readers: list[str] = field(default_factory=list)
+    mask_passthrough: bool = False
 
     omit = (None, [])
 

@@ -331,13 +331,15 @@ class SimBase:
         u8_weights: bool | None = None,
         float_islands: bool = True,
         keep_io_types: bool = True,
+        min_sqnr_db: float | None = 35.0,
     ) -> Any:
         """Write an ONNX Q/DQ model (opset 21) and check it against this Sim in ONNX Runtime.
 
         Returns an `ExportReport` (SQNR of Sim vs ORT per output, 16-bit parts ORT only
         simulates). ``float_islands=False`` keeps fp32 compute with rounding Cast pairs;
-        ``keep_io_types=False`` gives fp16 / bf16 model inputs and outputs their precision
-        (see `mixq.export.export_onnx`).
+        ``keep_io_types=False`` gives fp16 / bf16 model inputs and outputs their precision;
+        below ``min_sqnr_db`` (None: no threshold) the check fails and names where Sim and
+        file part (see `mixq.export.export_onnx`).
         Example: ``sim.export_onnx("model.onnx").min_sqnr_db``.
         """
         from mixq.export import export_onnx
@@ -349,4 +351,5 @@ class SimBase:
             u8_weights=u8_weights,
             float_islands=float_islands,
             keep_io_types=keep_io_types,
+            min_sqnr_db=min_sqnr_db,
         )

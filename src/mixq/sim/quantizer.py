@@ -15,6 +15,17 @@ Example:
     >>> q.stop_observing()
     >>> q.range, q.encoding().zero_point
     ((-1.0, 2.0), [-43])
+
+A quantizer whose calibration saw attention-mask values (``|x| >= MASK_MAGNITUDE``: -inf,
+``finfo.min``) gets ``mask_passthrough``: its backend leaves those values as they are
+instead of clamping them to the range's low end, which would let softmax leak probability
+onto padded keys. Other quantizers pay nothing.
+
+    >>> q.start_observing()
+    >>> q.observe(torch.tensor([-1.0, 2.0, torch.finfo(torch.float32).min]))
+    >>> q.stop_observing()
+    >>> q.range, q.mask_passthrough, q.encoding().mask_passthrough
+    ((-1.0, 2.0), True, True)
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ from mixq.core import primitives as P
 from mixq.core.errors import CalibrationError
 from mixq.core.qtypes import qtype
 from mixq.observers import Observer, PercentileObserver, make_observer
+from mixq.observers.base import MASK_MAGNITUDE
 from mixq.plan.encodings import Encoding
 from mixq.plan.points import QuantPoint
 
@@ -36,12 +48,14 @@ class QuantizerBase:
 
     ``reports_observed_range``: whether `encoding` gives the range the scale was chosen
     from (the torch Sim) or the ends of the integer grid (the ONNX Sim); each keeps what
-    its exports have always written.
+    its exports have always written. ``mask_passthrough``: values with ``|x| >=
+    MASK_MAGNITUDE`` pass unquantized (set by an activation's calibration, see the module).
     """
 
     scale: torch.Tensor | None
     zero_point: torch.Tensor | None
     reports_observed_range = False
+    mask_passthrough = False
 
     def __init__(self, point: QuantPoint) -> None:
         self.point = point
@@ -84,7 +98,7 @@ class QuantizerBase:
             p.name, p.target, p.kind, self.qtype.name,
             scale=scale.flatten().tolist(), zero_point=[int(z) for z in zp.flatten().tolist()],
             axis=p.axis, block_size=p.block_size, symmetric=p.symmetric, min=lo, max=hi,
-            readers=list(p.readers),
+            readers=list(p.readers), mask_passthrough=self.mask_passthrough,
         )  # fmt: skip
 
     def _encoded_range(self, scale: torch.Tensor, zp: torch.Tensor) -> tuple[float, float]:
@@ -116,11 +130,13 @@ class ActivationBase(QuantizerBase):
         self.range: tuple[float, float] | None = None  # what the scale was chosen from
         self.histogram: list[float] | None = None  # kept for profiles when asked
         self.histogram_observer: PercentileObserver | None = None
+        self.mask_passthrough = False
+        self._saw_masks = False  # during calibration; mask_passthrough when it ends
 
     def start_observing(self, observer: str | None = None, histogram_bins: int = 0) -> None:
         """Watch calibration values; with ``histogram_bins``, keep a histogram too."""
         self.observer_name = observer or self.observer_name
-        self.observing = True
+        self.observing, self._saw_masks = True, False
         if not self.qtype.is_floating_point:
             name = "minmax" if self.fixed_range is not None else self.observer_name
             self.observer = make_observer(name, dtype=self.qtype, symmetric=self.point.symmetric)
@@ -135,8 +151,9 @@ class ActivationBase(QuantizerBase):
         """One calibration value of the tensor.
 
         -inf inside the model is data: masked attention scores (``masked_fill(-inf)``, or a
-        mask add of ``finfo.min``), which the observers leave out of the range. NaN anywhere,
-        +inf anywhere (an overflow) and any inf in a model input raise `CalibrationError`.
+        mask add of ``finfo.min``), which the observers leave out of the range and the
+        quantizer then passes through (``mask_passthrough``). NaN anywhere, +inf anywhere
+        (an overflow) and any inf in a model input raise `CalibrationError`.
         """
         from_input = self.point.op is None
         bad = "NaN" if torch.isnan(x).any() else None
@@ -148,6 +165,8 @@ class ActivationBase(QuantizerBase):
                 f"calibration tensor {self.point.target!r} (quantizer {self.name!r}) holds "
                 f"{bad}; check the calibration data and {where} on it"
             )
+        if self.observer is not None and not self._saw_masks:
+            self._saw_masks = bool((x.detach().abs() >= MASK_MAGNITUDE).any())
         for observer in (self.observer, self.histogram_observer):
             if observer is not None:
                 observer.update(x.detach())
@@ -170,6 +189,7 @@ class ActivationBase(QuantizerBase):
                 "the calibration batches never reached this tensor"
             )
         lo, hi = observer.compute_range()
+        self.mask_passthrough = self._saw_masks
         if self.fixed_range is not None:
             return self._coverage_note(float(lo), float(hi))
         self._set_qparams(torch.as_tensor(lo), torch.as_tensor(hi))
@@ -195,9 +215,12 @@ class ActivationBase(QuantizerBase):
         if not self.qtype.is_floating_point:
             self._set_qparams(torch.tensor(float(lo)), torch.tensor(float(hi)))
 
-    def load_range(self, lo: float, hi: float) -> None:
-        """Set the scale from a known range (a profile, a search's cache) without fixing it."""
+    def load_range(self, lo: float, hi: float, mask_passthrough: bool | None = None) -> None:
+        """Set the scale from a known range (a profile, a search's cache) without fixing it;
+        ``mask_passthrough`` as calibration found it (None: unchanged)."""
         self._set_qparams(torch.tensor(float(lo)), torch.tensor(float(hi)))
+        if mask_passthrough is not None:
+            self.mask_passthrough = mask_passthrough
 
     def _set_qparams(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
         self.range = (float(lo), float(hi))

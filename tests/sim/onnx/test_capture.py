@@ -66,9 +66,8 @@ def test_matmul_gather_unnamed_nodes_and_initializer_inputs():
         _vi("m2", TensorProto.FLOAT, [6, 6]),
         _vi("proj.weight", TensorProto.FLOAT, [4, 6]),  # an initializer listed as input
     ]
-    g = helper.make_graph(
-        nodes, "g", inputs, [_vi("out", TensorProto.FLOAT, None)], [table, w, shape]
-    )
+    outputs = [_vi("out", TensorProto.FLOAT, None), _vi("s", TensorProto.INT64, None)]
+    g = helper.make_graph(nodes, "g", inputs, outputs, [table, w, shape])  # "s" read: not dead
     graph, model = capture(helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)]))
     assert [op.name for op in graph] == ["e", "proj", "proj_1", "s", "out"]
     assert [n.name for n in model.graph.node] == ["e", "proj", "proj_1", "s", "out"]

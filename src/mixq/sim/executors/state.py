@@ -115,7 +115,8 @@ def rebuild_sim(state: SimState) -> Any:
 
 
 def load_encodings(sim: Any, encodings: Encodings) -> None:
-    """Set each named activation quantizer's scale / zero point (and range) exactly."""
+    """Set each named activation quantizer's scale / zero point (and range, and mask
+    pass-through) exactly."""
     for enc in encodings:
         q = sim.quantizer(enc.name)
         if enc.scale is None or enc.zero_point is None:
@@ -124,5 +125,6 @@ def load_encodings(sim: Any, encodings: Encodings) -> None:
         scale = torch.tensor(enc.scale, dtype=torch.float32).reshape(shape)
         zero_point = torch.tensor(enc.zero_point, dtype=torch.float32).reshape(shape)
         q.store_qparams(scale, zero_point)
+        q.mask_passthrough = enc.mask_passthrough
         if q.reports_observed_range and enc.min is not None and enc.max is not None:
             q.range = (enc.min, enc.max)

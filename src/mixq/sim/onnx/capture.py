@@ -2,7 +2,8 @@
 
 Initializers (and the outputs of Constant nodes) are constants: they are never op inputs;
 a weighted op's constant operand becomes its ``weight`` (see `mixq.sim.onnx.kinds`). Element
-types come from the model's value_info after ONNX shape inference.
+types come from the model's value_info after ONNX shape inference. Nodes no graph output
+depends on are pruned first (`prune_dead_nodes`) and listed in ``Graph.dead``.
 
 Example:
     >>> from onnx import TensorProto, helper, numpy_helper
@@ -35,7 +36,15 @@ from mixq.core.errors import CaptureError
 from mixq.graph.ir import Graph, Op
 from mixq.sim.onnx.kinds import canonical_kind, weight_slot
 
-__all__ = ["capture", "constant_names", "dtype_name", "elem_type", "load_model"]
+__all__ = [
+    "capture",
+    "constant_names",
+    "dtype_name",
+    "elem_type",
+    "load_model",
+    "prune_dead_nodes",
+    "subgraph_inputs",
+]
 
 Shape = tuple[int | None, ...] | None
 
@@ -91,6 +100,75 @@ def _name_nodes(graph: onnx.GraphProto) -> None:
             name, n = f"{base}_{n}", n + 1
         node.name = name
         used.add(name)
+
+
+def subgraph_inputs(node: onnx.NodeProto) -> set[str]:
+    """Names read inside an If / Loop / Scan body (they may come from the outer graph)."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.HasField("g") else []
+        for graph in [*graphs, *attr.graphs]:
+            for inner in graph.node:
+                names.update(inner.input)
+                names.update(subgraph_inputs(inner))
+    return names
+
+
+def _live_nodes(graph: onnx.GraphProto) -> set[int]:
+    """Indices of the nodes some graph output depends on."""
+    producer = {o: i for i, n in enumerate(graph.node) for o in n.output if o}
+    live: set[int] = set()
+    stack = [o.name for o in graph.output]
+    seen: set[str] = set()
+    while stack:
+        name = stack.pop()
+        if name in seen or name not in producer:
+            continue
+        seen.add(name)
+        i = producer[name]
+        if i not in live:
+            live.add(i)
+            node = graph.node[i]
+            stack.extend(t for t in [*node.input, *subgraph_inputs(node)] if t)
+    return live
+
+
+def prune_dead_nodes(graph: onnx.GraphProto) -> dict[str, str]:
+    """Remove the nodes no graph output depends on, in place; return them as
+    ``{node name: module path}`` (Constant nodes left out).
+
+    Converters leave such nodes (a branch of a training graph, a shape computation nobody
+    reads). Left in, they would get quantizers that never affect an output and calibrate on
+    values nobody reads, and the export, which keeps only what the outputs need, would lose
+    those quantizers (the torch capture prunes the same way, `prune_dead_code`). Initializers
+    only dead nodes read go too; graph inputs stay (they are the model's signature).
+
+    Example:
+        >>> from onnx import TensorProto, helper
+        >>> g = helper.make_graph(
+        ...     [helper.make_node("Relu", ["x"], ["y"], name="relu"),
+        ...      helper.make_node("Sigmoid", ["x"], ["unused"], name="sigmoid")], "g",
+        ...     [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        ...     [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+        >>> prune_dead_nodes(g), [n.name for n in g.node]
+        ({'sigmoid': ''}, ['relu'])
+    """
+    live = _live_nodes(graph)
+    if len(live) == len(graph.node):
+        return {}
+    dead = [n for i, n in enumerate(graph.node) if i not in live]
+    kept = [n for i, n in enumerate(graph.node) if i in live]
+    read = {t for n in kept for t in [*n.input, *subgraph_inputs(n)]}
+    read |= {o.name for o in graph.output} | {v.name for v in graph.input}
+    gone = {t for n in dead for t in [*n.input, *n.output]} - read
+    names = {n.name: _module(n)[0] for n in dead if n.op_type != "Constant"}
+    del graph.node[:]
+    graph.node.extend(kept)
+    for values in (graph.initializer, graph.value_info):
+        keep = [v for v in values if v.name not in gone]
+        del values[:]
+        values.extend(keep)
+    return names
 
 
 def _value_types(model: onnx.ModelProto) -> dict[str, tuple[str, Shape]]:
@@ -209,11 +287,15 @@ def capture(model: str | Path | onnx.ModelProto) -> tuple[Graph, onnx.ModelProto
 
     Returns:
         ``(graph, model)``: the Graph and a copy of the model whose nodes all have unique,
-        non-empty names (the Graph's op names), which the ONNX Sim rewrites.
+        non-empty names (the Graph's op names), without the nodes no output depends on
+        (``graph.dead`` lists them), which the ONNX Sim rewrites.
 
     Raises:
         CaptureError: the file is missing or unreadable, or a node reads an unknown value.
     """
     proto = load_model(model)
     _name_nodes(proto.graph)
-    return _Builder(proto).build(), proto
+    dead = prune_dead_nodes(proto.graph)
+    graph = _Builder(proto).build()
+    graph.dead = dead
+    return graph, proto

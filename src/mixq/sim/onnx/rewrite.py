@@ -7,6 +7,10 @@ bit for bit. Integer activations: ``QuantizeLinear -> DequantizeLinear`` with th
 the calibrated values at every run. Float precisions: ``Cast -> Cast``. Weights:
 ``DequantizeLinear`` of an integer initializer computed at build (per channel along the
 op's output axis, or blocked), divided by a folded batch-norm's factor where there is one.
+An integer activation quantizer with ``mask_passthrough`` (its calibration saw attention
+masks) is on only where ``|x| < MASK_MAGNITUDE``: its Where reads ``And(enabled,
+Less(Abs(x), MASK_MAGNITUDE))``, so mask values pass unquantized; the Sim rebuilds its model
+when a calibration changes which quantizers those are (`mask_passthrough_names`).
 
 Example:
     >>> # rewritten = Rewriter(model, graph, quantizers).run()
@@ -16,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -26,6 +31,7 @@ from onnx import TensorProto, helper, numpy_helper
 from mixq.core.errors import ConfigError
 from mixq.graph.fusion import find_fusion_groups
 from mixq.graph.ir import Graph, Op
+from mixq.observers.base import MASK_MAGNITUDE
 from mixq.sim.onnx.capture import constant_names, elem_type
 from mixq.sim.onnx.quantizer import OnnxActivationQuantizer, OnnxQuantizer, OnnxWeightQuantizer
 
@@ -35,6 +41,7 @@ __all__ = [
     "Rewriter",
     "ensure_opset",
     "fresh_name",
+    "mask_passthrough_names",
     "required_opset",
     "upgrade_opset",
 ]
@@ -122,6 +129,22 @@ def upgrade_opset(model: onnx.ModelProto, need: int) -> onnx.ModelProto:
     return upgraded
 
 
+def mask_passthrough_names(quantizers: Mapping[str, OnnxQuantizer]) -> frozenset[str]:
+    """The integer activation quantizers whose subgraph passes mask values unquantized.
+
+    Example:
+        >>> mask_passthrough_names({})
+        frozenset()
+    """
+    return frozenset(
+        name
+        for name, q in quantizers.items()
+        if isinstance(q, OnnxActivationQuantizer)
+        and q.mask_passthrough
+        and not q.qtype.is_floating_point
+    )
+
+
 def toposort(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
     """Nodes in an order where each runs after its inputs' producers (stable otherwise)."""
     producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
@@ -173,6 +196,7 @@ class Rewriter:
         self.used = {v for n in self.g.node for v in [*n.input, *n.output]}
         self.used |= {v.name for v in self.g.input} | set(self.constants)
         self.groups = find_fusion_groups(graph, fuse_add)  # the plan's target's groups
+        self.masked = mask_passthrough_names(quantizers)
 
     def _fresh(self, name: str) -> str:
         return fresh_name(name, self.used)
@@ -202,11 +226,26 @@ class Rewriter:
         return self.model
 
     # -- the quantizer subgraphs -----------------------------------------------------------
-    def _switched(self, q: OnnxQuantizer, x: str, quantized: str) -> str:
+    def _switched(
+        self, q: OnnxQuantizer, x: str, quantized: str, elem: int = TensorProto.FLOAT
+    ) -> str:
         q.enabled_input = self._input(f"mixq/{q.name}/enabled", TensorProto.BOOL)
         q.input_name = x
-        q.output_name = self._node("Where", [q.enabled_input, quantized, x], f"{q.name}/mixq")
+        on = self._unmasked(q, x, elem) if q.name in self.masked else q.enabled_input
+        q.output_name = self._node("Where", [on, quantized, x], f"{q.name}/mixq")
         return q.output_name
+
+    def _unmasked(self, q: OnnxQuantizer, x: str, elem: int) -> str:
+        """``enabled and |x| < MASK_MAGNITUDE`` (compared in float32, where a float16 mask
+        is an infinity)."""
+        if elem != TensorProto.FLOAT:
+            x = self._node("Cast", [x], f"{q.name}/mixq_mask_input", to=TensorProto.FLOAT)
+        bound = self._initializer(
+            f"{q.name}/mixq_mask_magnitude", torch.tensor(MASK_MAGNITUDE), TensorProto.FLOAT
+        )
+        magnitude = self._node("Abs", [x], f"{q.name}/mixq_abs")
+        unmasked = self._node("Less", [magnitude, bound], f"{q.name}/mixq_unmasked")
+        return self._node("And", [q.enabled_input, unmasked], f"{q.name}/mixq_on")
 
     def _cast(self, q: OnnxQuantizer, x: str, elem: int) -> str:
         low = self._node("Cast", [x], f"{q.name}/mixq_cast", to=ONNX_TYPES[q.qtype.name])
@@ -227,7 +266,7 @@ class Rewriter:
         assert isinstance(q, OnnxActivationQuantizer)
         x, elem = self.current[q.point.target], self.elem[q.point.target]
         inner = self._cast(q, x, elem) if q.qtype.is_floating_point else self._qdq(q, x, elem)
-        return self._switched(q, x, inner)
+        return self._switched(q, x, inner, elem)
 
     def _activation(self, q: OnnxQuantizer) -> None:
         x = self.current[q.point.target]

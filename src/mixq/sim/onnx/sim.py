@@ -2,7 +2,8 @@
 
 Same interface as the torch `mixq.sim.torch.sim.Sim`: switch quantizers by name, calibrate,
 fix ranges, read encodings. Switches, scales and zero points are graph inputs fed at each
-run (see `mixq.sim.onnx.rewrite`), so none of them rebuilds the session.
+run (see `mixq.sim.onnx.rewrite`), so none of them rebuilds the session; only a calibration
+that finds attention masks does, once, to add the mask pass-through to those quantizers.
 
 The session runs with graph optimisations off (``ORT_DISABLE_ALL``) on the CPU provider:
 even the basic level folds and fuses nodes (Conv + BatchNorm, Q/DQ pairs into integer
@@ -47,7 +48,7 @@ from mixq.sim.base import SimBase
 from mixq.sim.inputs import split_inputs
 from mixq.sim.onnx.capture import capture, elem_type, load_model
 from mixq.sim.onnx.quantizer import OnnxActivationQuantizer, OnnxQuantizer, OnnxWeightQuantizer
-from mixq.sim.onnx.rewrite import Rewriter, ensure_opset
+from mixq.sim.onnx.rewrite import Rewriter, ensure_opset, mask_passthrough_names
 from mixq.sim.onnx.runner import OnnxRunner
 from mixq.sim.onnx.session import as_array, make_session, random_inputs
 from mixq.sim.quantizer import ActivationBase
@@ -90,12 +91,18 @@ class OnnxSim(SimBase):
         )
         self._quantizers: dict[str, OnnxQuantizer] = {p.name: self._make(p) for p in self.points}
         self.input_names = list(graph.inputs)
-        self.model = ensure_opset(load_model(model), list(self._quantizers.values()))
+        self._build()
+        self.finish_init()
+
+    def _build(self) -> None:
+        """The rewritten model and its session, with the mask pass-through of the
+        quantizers that have one now (`mixq.sim.onnx.rewrite`)."""
+        self.model = ensure_opset(load_model(self.source), list(self._quantizers.values()))
         fuse_add = fuses_residual_add(self.plan.target)
-        Rewriter(self.model, graph, self._quantizers, fuse_add).run()
+        Rewriter(self.model, self.graph, self._quantizers, fuse_add).run()
+        self._masked = mask_passthrough_names(self._quantizers)
         self._expose_values()
         self.session = make_session(self.model)
-        self.finish_init()
 
     def _make(self, point: QuantPoint) -> OnnxQuantizer:
         if point.kind == "weight":
@@ -140,6 +147,8 @@ class OnnxSim(SimBase):
         on = None if enabled is None else set(enabled)
         if on is not None:
             self._check_names(on)
+        if mask_passthrough_names(self._quantizers) != self._masked:
+            self._build()  # a calibration found attention masks (a rare, one-off rebuild)
         control: dict[str, np.ndarray] = {}
         for q in self._quantizers.values():
             flag = q.enabled if on is None else q.name in on

@@ -285,7 +285,7 @@ class _GraphBuilder:
         inputs: list[str] = []
         weights: dict[str, str] = {}
         attrs: dict[str, object] = {}
-        w_index = weight_arg(kind)
+        w_index = weight_arg(kind, node.target)
         for i, arg in enumerate(node.args):
             for a in pytree.tree_leaves(arg):
                 if not isinstance(a, fx.Node):
@@ -293,7 +293,7 @@ class _GraphBuilder:
                 if a.op == "get_attr":
                     if i == w_index and a.target in self.params:
                         weights["weight"] = str(a.target)
-                        attrs.update(_weight_axes(kind, a))
+                        attrs.update(_weight_axes("matmul" if i == 2 else kind, a))
                 elif a in self.tensor_of and self.tensor_of[a] not in inputs:
                     inputs.append(self.tensor_of[a])
         if kind == "batch_norm":

@@ -69,6 +69,16 @@ def canonical_kind(target: Any) -> str:
     return _KIND_OF.get(name, name)
 
 
-def weight_arg(kind: str) -> int | None:
-    """Position of the weight argument for kinds that quantize a weight."""
+def weight_arg(kind: str, target: Any = None) -> int | None:
+    """Position of the weight argument for kinds that quantize a weight; ``addmm(bias, x,
+    weight)`` (GPT-2's Conv1D) keeps it third.
+
+    Example:
+        >>> import torch
+        >>> aten = torch.ops.aten
+        >>> weight_arg("linear", aten.linear.default), weight_arg("linear", aten.addmm.default)
+        (1, 2)
+    """
+    if target is not None and _aten_name(target) == "addmm":
+        return 2
     return _WEIGHT_ARG.get(kind)

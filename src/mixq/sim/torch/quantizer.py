@@ -10,6 +10,9 @@ Example:
     >>> q.set_range(-1.0, 1.0)
     >>> q(torch.tensor([0.5004])).item() == q(torch.tensor([0.5])).item()
     True
+    >>> q.mask_passthrough = True  # what calibration sets when it sees attention masks
+    >>> q(torch.tensor([-5.0, float("-inf")])).tolist()  # clamped; a mask passes
+    [-0.9960784912109375, -inf]
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from torch import nn
 
 from mixq.core import primitives as P
 from mixq.core.errors import CalibrationError
+from mixq.observers.base import MASK_MAGNITUDE
 from mixq.plan.points import QuantPoint
 from mixq.sim.quantizer import ActivationBase, QuantizerBase, WeightBase
 
@@ -112,13 +116,21 @@ class ActivationQuantizer(Quantizer, ActivationBase):
         if self.observing:
             self.observe(x)
             return x
+        y = self._quantized(x)
+        if self.mask_passthrough:
+            # mask values clamped to the range's low end would let softmax leak probability
+            # onto padded keys; they pass as they are (see mixq.sim.quantizer)
+            return torch.where(x.abs() >= MASK_MAGNITUDE, x, y)
+        return y
+
+    def _quantized(self, x: torch.Tensor) -> torch.Tensor:
         fast = self._inference_args(x) if not self.qtype.is_floating_point else None
         if fast is not None:
             # exactly fake_quantize's no-grad per-tensor path, without its per-call set-up
             s, lo, hi = fast
             return torch.div(x, s).round_().clamp_(lo, hi).mul_(s)
         if self.qtype.is_floating_point:
-            return P.cast(x, self.qtype).to(x.dtype)
+            return P.cast(_saturate_masks(x, self.qtype.name), self.qtype).to(x.dtype)
         if self.scale is None or self.zero_point is None:
             raise CalibrationError(
                 f"quantizer {self.name!r} has no range yet: call "
@@ -186,3 +198,16 @@ class WeightQuantizer(Quantizer, WeightBase):
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, self._fake_quantize(w, bn_weight, bn_var))
         return self._cache[1]
+
+
+def _saturate_masks(x: torch.Tensor, precision: str) -> torch.Tensor:
+    """Mask sentinels (``finfo(float32).min``, |x| >= MASK_MAGNITUDE) at a 16-bit float's
+    largest finite value, as the export clamps the constants that make them: rounded to
+    -inf instead, a row masked everywhere (DeBERTa's padded queries) would be softmax of
+    nothing but -inf, NaN, where the float model gives a uniform row. Real overflow (a
+    finite value beyond the type that is not a sentinel) still becomes inf."""
+    if precision not in ("fp16", "bf16") or not x.is_floating_point():
+        return x
+    top = torch.finfo(torch.float16 if precision == "fp16" else torch.bfloat16).max
+    sentinel = x.abs() >= MASK_MAGNITUDE
+    return torch.where(sentinel & x.isfinite(), x.sign() * top, x)

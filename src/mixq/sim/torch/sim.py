@@ -164,7 +164,7 @@ class _Inserter:
         assert point.op is not None
         op = self.cap.graph.ops[point.op]
         op_node = self.cap.op_nodes[point.op]
-        w_node = op_node.args[weight_arg(op.kind) or 0]
+        w_node = op_node.args[weight_arg(op.kind, op_node.target) or 0]
         if not isinstance(w_node, fx.Node):
             raise TypeError(f"weight of {point.op!r} is not a graph value")
         bn = self._following_bn(point.op)

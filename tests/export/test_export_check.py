@@ -1,0 +1,199 @@
+"""The export check is strict: a file ONNX Runtime runs differently from the Sim is an error
+that names the output and the first value where they part, and leaves no file (issue 11,
+class 7)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+import mixq
+from mixq.analysis.metrics import sqnr
+from mixq.export import core, qdq_torch
+from mixq.export.check import ExportCheckError, check_outputs, compare_values
+from mixq.export.core import ExportOptions, ExportReport
+
+pytestmark = pytest.mark.onnx
+
+
+def _torch_sim() -> tuple[Any, str]:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)
+    ).eval()
+    x = torch.randn(32, 8)
+    return mixq.quantize(model, (x,), "int8").calibrate([(x,)], progress=False), "3"
+
+
+def _onnx_sim() -> tuple[Any, str]:
+    rng = np.random.default_rng(0)
+    inits, nodes, last = [], [], "x"
+    for i, (cin, cout) in enumerate([(8, 16), (16, 16), (16, 4)], start=1):
+        inits += [
+            numpy_helper.from_array(rng.standard_normal((cout, cin)).astype(np.float32), f"w{i}"),
+            numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), f"b{i}"),
+        ]
+        out = "y" if i == 3 else f"h{i}"
+        nodes.append(helper.make_node("Gemm", [last, f"w{i}", f"b{i}"], [out], f"fc{i}", transB=1))
+        if i < 3:
+            nodes.append(helper.make_node("Relu", [out], [f"r{i}"], name=f"relu{i}"))
+            last = f"r{i}"
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = torch.from_numpy(rng.standard_normal((32, 8)).astype(np.float32))
+    return mixq.quantize(model, (x,), "int8").calibrate([(x,)], progress=False), "r1"
+
+
+SIMS = {"torch": _torch_sim, "onnx": _onnx_sim}
+
+
+def _edit_written_file(monkeypatch: pytest.MonkeyPatch, edit) -> None:
+    """Change the model between the exporter's checks and the written file (a writer bug)."""
+    save = core.save_model
+
+    def corrupted(model: onnx.ModelProto, path) -> None:
+        edit(model.graph)
+        save(model, path)
+
+    monkeypatch.setattr(core, "save_model", corrupted)
+
+
+def _scale_times(quantizer: str, factor: float):
+    def edit(graph: onnx.GraphProto) -> None:
+        q = next(n for n in graph.node if n.name == f"{quantizer}/QuantizeLinear")
+        init = next(i for i in graph.initializer if i.name == q.input[1])
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * factor, init.name))
+
+    return edit
+
+
+def _output_through(op_type: str, value: float):
+    """The first graph output becomes ``op(output, value)``."""
+
+    def edit(graph: onnx.GraphProto) -> None:
+        out = graph.output[0].name
+        for node in graph.node:
+            node.output[:] = [f"{out}/before" if t == out else t for t in node.output]
+        graph.initializer.append(numpy_helper.from_array(np.array([value], np.float32), "k"))
+        graph.node.append(helper.make_node(op_type, [f"{out}/before", "k"], [out]))
+
+    return edit
+
+
+@pytest.mark.parametrize("backend", SIMS)
+def test_a_file_that_disagrees_names_the_output_and_the_first_quantizer(
+    backend, monkeypatch, tmp_path
+):
+    sim, middle = SIMS[backend]()
+    _edit_written_file(monkeypatch, _scale_times(middle, 0.01))
+    path = tmp_path / "m.onnx"
+    with pytest.raises(ExportCheckError) as caught:
+        sim.export_onnx(path)
+    message = str(caught.value)
+    out = "y" if backend == "onnx" else "output '"
+    assert out in message and "under the 35 dB threshold" in message
+    assert f"The first value where they part is quantizer {middle!r}" in message
+    assert f"node '{middle}/DequantizeLinear'" in message
+    assert not path.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("backend", SIMS)
+def test_an_all_zero_output_fails(backend, monkeypatch, tmp_path):
+    sim, _ = SIMS[backend]()
+    _edit_written_file(monkeypatch, _output_through("Mul", 0.0))
+    with pytest.raises(ExportCheckError, match=r"constant \(0\) where the Sim's varies"):
+        sim.export_onnx(tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("backend", SIMS)
+def test_a_nan_output_fails(backend, monkeypatch, tmp_path):
+    sim, _ = SIMS[backend]()
+    _edit_written_file(monkeypatch, _output_through("Add", math.nan))
+    with pytest.raises(ExportCheckError, match="128 of 128 values are NaN / Inf"):
+        sim.export_onnx(tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("backend", SIMS)
+def test_an_output_count_mismatch_names_both_counts(backend, monkeypatch, tmp_path):
+    sim, middle = SIMS[backend]()
+
+    def extra_output(graph: onnx.GraphProto) -> None:
+        dq = next(n for n in graph.node if n.name == f"{middle}/DequantizeLinear")
+        graph.output.append(helper.make_tensor_value_info(dq.output[0], TensorProto.FLOAT, None))
+
+    _edit_written_file(monkeypatch, extra_output)
+    with pytest.raises(
+        ExportCheckError, match="Sim gives 1 float outputs where the exported file gives 2"
+    ):
+        sim.export_onnx(tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("backend", SIMS)
+def test_an_ordinary_export_passes_with_the_sqnr_it_had(backend, tmp_path):
+    """The SQNR is the one the check always measured: over all values of each output."""
+    import onnxruntime as ort
+
+    sim, _ = SIMS[backend]()
+    sim.set_enabled([sim.quantizers[-4]], False)  # a float output: a finite SQNR
+    report = sim.export_onnx(tmp_path / "m.onnx")
+    x = sim.example_inputs[0][0]
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    assert report.sqnr_db == [sqnr(sim(x), torch.from_numpy(got))]
+    assert report.min_sqnr_db > 35 and (tmp_path / "m.onnx").exists()
+
+
+def test_the_threshold_comes_from_the_options(tmp_path):
+    sim, _ = _torch_sim()
+    sim.set_enabled(["4"], False)
+    measured = sim.export_onnx(tmp_path / "a.onnx").min_sqnr_db
+    assert math.isfinite(measured)
+    strict = ExportOptions(min_sqnr_db=measured + 1)
+    with pytest.raises(ExportCheckError, match=f"under the {measured + 1:g} dB threshold"):
+        qdq_torch.export_onnx(sim, tmp_path / "b.onnx", strict)
+    assert not (tmp_path / "b.onnx").exists()
+    with pytest.raises(ExportCheckError):  # the same threshold from the Sim's own method
+        sim.export_onnx(tmp_path / "c.onnx", min_sqnr_db=measured + 1)
+    report = sim.export_onnx(tmp_path / "d.onnx", min_sqnr_db=None)
+    assert report.min_sqnr_db == pytest.approx(measured)
+
+
+def test_compare_values_ignores_the_sims_own_infinities():
+    want = torch.tensor([1.0, -math.inf, 2.0, 3.0])
+    got = torch.tensor([1.0, -math.inf, 2.0, 3.0])
+    assert compare_values(want, got, 35.0) == (math.inf, None)
+    all_inf = torch.full((3,), math.inf)
+    assert "all NaN / Inf" in str(compare_values(all_inf, all_inf, 35.0)[1])
+
+
+def test_check_outputs_names_every_bad_output():
+    want = [torch.arange(4.0), torch.arange(4.0)]
+    got = [torch.zeros(4), torch.tensor([0.0, 1.0, math.nan, 3.0])]
+    with pytest.raises(ExportCheckError) as caught:
+        check_outputs(["a", "b"], want, got, 35.0, lambda: "Here. ")
+    message = str(caught.value)
+    assert "output 'a': constant (0)" in message and "output 'b': 1 of 4 values are NaN" in message
+    assert "Here. The file was removed" in message
+
+
+def test_a_report_never_shows_nan_as_fine():
+    report = ExportReport(core.Path("m.onnx"), sqnr_db=[40.0, math.nan])
+    assert math.isnan(report.min_sqnr_db)
+    assert "NaN (not comparable)" in report.to_text() and "nan" not in report.to_text()
+    assert "not checked" in ExportReport(core.Path("m.onnx")).to_text()
