@@ -7,8 +7,9 @@ The table is measured on this machine (`mixq.targets.timing.profile_target`, wha
 ``mixq profile-target`` writes); then for each model and plan (fp32, int8 under ``ort-cpu``
 placement, and int8 with int16 on the first half of the ops) the plan's predicted latency
 (``sim.plan.cost().latency``, microseconds) is set beside the exported model's measured
-latency (ORT, default session options, median of ``--runs`` calls, the plans' sessions
-alternating A B A B). The error is (predicted - measured) / measured; the ratio columns
+latency (ORT, default session options; each plan's session runs ``--runs`` calls in a
+block, blocks alternate A B A B over three rounds, median of the block medians). The
+error is (predicted - measured) / measured; the ratio columns
 compare each plan with the model's fp32 plan, predicted and measured.
 """
 
@@ -68,22 +69,27 @@ def _feeds(path: Path, example: Any) -> dict[str, np.ndarray]:
     return {n: v.numpy() for n, v in zip(names, values, strict=False)}
 
 
-def _measure(paths: dict[str, Path], example: Any, runs: int) -> dict[str, float]:
+def _measure(paths: dict[str, Path], example: Any, runs: int, rounds: int = 3) -> dict[str, float]:
+    """Median of per-block medians: each plan's session runs ``runs`` times in a block, the
+    blocks alternate A B A B. Calls of different sessions are not interleaved one by one:
+    ONNX Runtime's intra-op threads spin after a run and would slow the next session's."""
     import onnxruntime as ort
 
     sessions = {k: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
                 for k, p in paths.items()}  # fmt: skip
     feeds = {k: _feeds(p, example) for k, p in paths.items()}
-    times: dict[str, list[float]] = {k: [] for k in paths}
-    for k, s in sessions.items():
-        for _ in range(3):
-            s.run(None, feeds[k])
-    for _ in range(runs):
+    blocks: dict[str, list[float]] = {k: [] for k in paths}
+    for _ in range(rounds):
         for k, s in sessions.items():
-            start = time.perf_counter()
-            s.run(None, feeds[k])
-            times[k].append(time.perf_counter() - start)
-    return {k: statistics.median(v) * 1e6 for k, v in times.items()}
+            for _ in range(3):
+                s.run(None, feeds[k])
+            times = []
+            for _ in range(runs):
+                start = time.perf_counter()
+                s.run(None, feeds[k])
+                times.append(time.perf_counter() - start)
+            blocks[k].append(statistics.median(times))
+    return {k: statistics.median(v) * 1e6 for k, v in blocks.items()}
 
 
 def main() -> None:

@@ -111,13 +111,16 @@ def test_plan_cost_adds_up_the_measured_table(measured, tmp_path):
     torch.manual_seed(0)
     model, x = torch.nn.Sequential(torch.nn.Linear(16, 8)), torch.randn(1, 5, 16)
     costs = {}
-    for precision in ("fp32", "int8"):
+    for precision in ("fp32", "int8", "int16"):
         sim = mixq.quantize(model, x, mixq.Config(default=precision, target=str(path)))
         costs[precision] = sim.plan.cost().latency
     macs = 5 * 16 * 8
     assert costs["fp32"] == pytest.approx(7.0 + 10.0 + 0.1 * macs / 1000)
     # int8: the integer kernel, plus quantizing its 80 input elements
     assert costs["int8"] == pytest.approx(7.0 + 20.0 + 0.025 * macs / 1000 + 80 / 1000)
+    # int16: the float kernel, the input quantized, then input and weights dequantized
+    float_op = 10.0 + 0.1 * macs / 1000
+    assert costs["int16"] == pytest.approx(7.0 + float_op + 80 / 1000 + 80 / 1000 + 128 / 1000)
 
 
 def test_cli_profile_target_writes_a_profile_other_commands_take(tmp_path):

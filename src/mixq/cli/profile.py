@@ -19,7 +19,7 @@ def profile_target(
     out: Annotated[Path, typer.Option(help="the profile YAML to write")],
     target: Annotated[str, typer.Option(help=f"base {TARGET_HELP}")] = "ort-cpu",
     name: Annotated[str | None, typer.Option(help="the new profile's name")] = None,
-    repeats: Annotated[int, typer.Option(min=3, help="timed runs per one-op model")] = 25,
+    repeats: Annotated[int, typer.Option(min=3, help="timed runs per one-op model")] = 60,
 ) -> None:
     """Time one-op models of each kind and precision in ONNX Runtime on this machine; write
     --target's profile with the measured latency table (use the file as --target)."""

@@ -148,6 +148,11 @@ def op_cost(
     if not isinstance(target, dict) and target.latency is not None:
         kernel = kernel_precision((*acts, *weights), target.kernel(op.kind) is not None)
         measured = target.latency.op_us(op.kind, kernel, stats.macs or stats.elements)
+        if kernel != "int8":  # a float kernel dequantizes integer inputs and weights each run
+            sizes = [*zip(op.input, stats.inputs.values(), strict=False),
+                     *((op.weight.get(r, "fp32"), stats.weights.get(w, 0))
+                       for r, w in stats.roles.items())]  # fmt: skip
+            measured += sum(target.latency.convert_us(p, n) for p, n in sizes if _integer(p))
         return {"bops": bops, "latency": measured}
     dearest = max(cost.get(p, 1.0) for p in (*acts, *op.output, *weights))
     return {"bops": bops, "latency": work * dearest}
@@ -218,6 +223,11 @@ def plan_cost(
         effective_bits=effective_bits,
         target=profile.name,
     )
+
+
+def _integer(precision: str) -> bool:
+    t = qtype(precision)
+    return not t.is_floating_point and not t.is_identity
 
 
 def _conversion(profile: TargetProfile, precision: str, elements: int) -> float:

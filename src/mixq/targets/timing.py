@@ -229,7 +229,7 @@ def _fit(points: list[tuple[int, float]], call_us: float) -> tuple[float, float]
 def profile_target(
     base: str | TargetProfile = "ort-cpu",
     name: str | None = None,
-    repeats: int = 25,
+    repeats: int = 60,
     progress: bool = True,
 ) -> TargetProfile:
     """``base`` with a latency table measured here, in ONNX Runtime's CPU provider.
