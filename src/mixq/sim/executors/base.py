@@ -30,6 +30,7 @@ __all__ = [
     "SerialExecutor",
     "collect",
     "load_payload",
+    "task_labels",
 ]
 
 EXECUTORS = ("serial", "processes", "ray")
@@ -103,6 +104,11 @@ def load_payload(data: bytes) -> Any:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
         return pickle.loads(data)
+
+
+def task_labels(labels: Sequence[str] | None, count: int) -> list[str]:
+    """The labels errors name tasks by: the caller's, else ``task <i>``."""
+    return list(labels) if labels is not None else [f"task {i}" for i in range(count)]
 
 
 def collect(

@@ -35,6 +35,7 @@ from mixq.sim.executors.base import (
     collect,
     load_payload,
     task_failed,
+    task_labels,
 )
 
 __all__ = ["ProcessExecutor"]
@@ -91,7 +92,7 @@ class ProcessExecutor:
         progress: bool = True,
     ) -> list[Any]:
         """Run ``job`` over ``tasks`` on the pool; results in task order."""
-        labels = list(labels) if labels is not None else [f"task {i}" for i in range(len(tasks))]
+        labels = task_labels(labels, len(tasks))
         payload = pickle.dumps((job.setup, job.work, job.payload), protocol=5)
         sizes = [len(pickle.dumps(t, protocol=5)) for t in tasks]
         self.stats = Stats(len(payload), sum(sizes) / max(1, len(sizes)))

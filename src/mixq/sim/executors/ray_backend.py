@@ -33,6 +33,7 @@ from mixq.sim.executors.base import (
     collect,
     load_payload,
     task_failed,
+    task_labels,
 )
 
 __all__ = ["RayExecutor", "import_ray"]
@@ -133,7 +134,7 @@ class RayExecutor:
             return []
         ray = import_ray()
         startup = self.connect()
-        labels = list(labels) if labels is not None else [f"task {i}" for i in range(len(tasks))]
+        labels = task_labels(labels, len(tasks))
         payload = pickle.dumps((job.setup, job.work, job.payload), protocol=5)
         box = [ray.put(payload)]
         sizes = [len(pickle.dumps((box, t), protocol=5)) for t in tasks]
