@@ -22,7 +22,9 @@ Rows: ORT fp32; ORT ``quantize_dynamic`` (per-channel, s8 weights, default op ty
 ``quantize_static`` (QDQ, u8 activations / s8 per-channel weights; MatMul only on the
 embedder, Conv/MatMul/Gemm on the CNN); NNCF ``nncf.quantize`` on the fp32 ONNX file
 (``model_type=TRANSFORMER`` on the embedder, defaults on the CNN); mixq all-int8
-``Config(default="int8", target="ort-cpu")``; mixq ``search`` to a cosine target (ratio
+``Config(default="int8", target="ort-cpu")``, without and with ``transforms=["smooth"]``
+(SmoothQuant; on post-LN BERT the LayerNorm forks get a per-channel Mul in front of their
+linears); mixq ``search`` to a cosine target (ratio
 strategy, target ort-cpu: int8 or fp32 per unit, cheapest estimated latency); mixq ``search``
 under a budget (budget strategy; ``--budget``, default ``latency=1.3`` of all-int8's
 estimated latency). Both searches score min(mean cos, min cos + 0.005) on the calibration
@@ -421,9 +423,10 @@ def nncf_quantize(fp32: Path, out: Path, case: Case) -> Path:
     return out
 
 
-def mixq_export(case: Case, config: Any, out: Path) -> Path:
+def mixq_export(case: Case, config: Any, out: Path, transforms: list[Any] | None = None) -> Path:
     with _quiet():
-        sim = mixq.quantize(case.model, case.example, config)
+        sim = mixq.quantize(case.model, case.example, config, transforms=transforms,
+                            calib=case.calib)  # fmt: skip
         sim.calibrate(case.calib, progress=False)
         sim.export_onnx(out, check=False)
     return out
@@ -495,6 +498,9 @@ def run_case(case: Case, args: argparse.Namespace, tmp: Path) -> list[Row]:
          lambda p: nncf_quantize(fp32, p, case)),
         ("mixq all-int8, target ort-cpu",
          lambda p: mixq_export(case, mixq.Config(default="int8", target="ort-cpu"), p)),
+        ("mixq all-int8 + smooth, target ort-cpu",
+         lambda p: mixq_export(case, mixq.Config(default="int8", target="ort-cpu"), p,
+                               ["smooth"])),
         (f"mixq search ratio, cos >= {TARGET_COS} / min >= {MIN_COS}",
          lambda p: mixq_search(case, p, args.search_s, None)),
         (f"mixq search budget {args.budget}, cos >= {TARGET_COS} / min >= {MIN_COS}",

@@ -303,12 +303,30 @@ _VIT_KW = dict(
 )  # fmt: skip
 
 
-def _vision(cfg_cls: str, model_cls: str, inputs: Any = None, **kw: Any) -> tuple[nn.Module, Any]:
+def _vision(
+    cfg_cls: str, model_cls: str, inputs: Any = None, deep: bool = False, **kw: Any
+) -> tuple[nn.Module, Any]:
+    """``deep``: a CNN whose Hugging Face initialisation (normal, std 0.02) makes its
+    activations vanish within a dozen layers (outputs ~1e-26 or exactly 0), so every
+    quantized output would compare against nothing; its convolutions are drawn as He
+    et al. do and its batch norms get running statistics, as a trained model's have."""
     import transformers
 
     _seed()
     model = getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(**kw))
+    if deep:
+        _he_init(model)
+        _bn_stats(model)
     return _eval(model), (image() if inputs is None else inputs,)
+
+
+@torch.no_grad()
+def _he_init(model: nn.Module) -> None:
+    g = torch.Generator().manual_seed(2)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_in = m.weight[0].numel()
+            m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2 / fan_in) ** 0.5)
 
 
 def vit() -> tuple[nn.Module, Any]:
@@ -350,7 +368,7 @@ def segformer() -> tuple[nn.Module, Any]:
 
 def mobilevit() -> tuple[nn.Module, Any]:
     return _vision(
-        "MobileViTConfig", "MobileViTModel", image_size=IMG, hidden_sizes=[16, 24, 32],
+        "MobileViTConfig", "MobileViTModel", image_size=IMG, deep=True, hidden_sizes=[16, 24, 32],
         neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 64], num_attention_heads=2,
     )  # fmt: skip
 
@@ -378,22 +396,22 @@ def regnet() -> tuple[nn.Module, Any]:
 
 def mobilenet_v2() -> tuple[nn.Module, Any]:
     return _vision(
-        "MobileNetV2Config", "MobileNetV2Model", image_size=IMG, depth_multiplier=0.25,
+        "MobileNetV2Config", "MobileNetV2Model", image_size=IMG, deep=True, depth_multiplier=0.25,
         min_depth=4,
     )  # fmt: skip
 
 
 def mobilenet_v1() -> tuple[nn.Module, Any]:
     return _vision(
-        "MobileNetV1Config", "MobileNetV1Model", image_size=IMG, depth_multiplier=0.125,
+        "MobileNetV1Config", "MobileNetV1Model", image_size=IMG, deep=True, depth_multiplier=0.125,
         min_depth=4,
     )  # fmt: skip
 
 
 def efficientnet() -> tuple[nn.Module, Any]:
     return _vision(
-        "EfficientNetConfig", "EfficientNetModel", image_size=IMG, width_coefficient=0.25,
-        depth_coefficient=0.2, hidden_dim=320,
+        "EfficientNetConfig", "EfficientNetModel", image_size=IMG, deep=True,
+        width_coefficient=0.25, depth_coefficient=0.2, hidden_dim=320,
     )  # fmt: skip
 
 

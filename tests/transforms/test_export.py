@@ -1,5 +1,5 @@
-"""The export of a smoothed int8 model: the same ops as without smoothing (the scales are
-folded into weights), and ONNX Runtime matches the Sim.
+"""The export of a smoothed int8 model: folded pairs add no op, each linear smoothed on its
+branch of a fork adds one ``Mul`` (and its input's quantizer), and ONNX Runtime matches the Sim.
 
 The model is the outlier BERT drawn with ``initializer_range`` 0.05 and outliers 60x: with
 0.1 (the other tests' model) ORT's integer kernels already differ from the Sim by more than
@@ -16,24 +16,38 @@ from collections import Counter
 import onnx
 import pytest
 
+import mixq
 from tests.transforms.conftest import calibrated_sim
 from tests.transforms.models import bert_batches, outlier_bert
 
 pytestmark = [pytest.mark.onnx, pytest.mark.slow]
 FLOOR_DB = 35.0
+ORT = mixq.Config(default="int8", target="ort-cpu")  # LayerNorms float: their forks smooth
 
 
 def _node_kinds(path) -> Counter:
     return Counter(n.op_type for n in onnx.load(path).graph.node)
 
 
-def test_smoothed_export_adds_no_ops_and_matches_the_sim(tmp_path):
+def _compute_kinds(path) -> Counter:
+    """Node kinds other than the quantizers' (QuantizeLinear, DequantizeLinear, Cast)."""
+    kinds = _node_kinds(path)
+    return kinds - Counter({k: kinds[k] for k in ("QuantizeLinear", "DequantizeLinear", "Cast")})
+
+
+@pytest.mark.parametrize("branches", [False, True])
+def test_smoothed_export_adds_a_mul_per_branch_and_matches_the_sim(tmp_path, branches):
     model, inputs = outlier_bert(factor=60.0, initializer_range=0.05)
     calib = bert_batches()
-    smoothed = calibrated_sim(model, inputs, calib, "int8", ["smooth"])
-    assert smoothed.transform_records[0].layers
+    spec = {"name": "smooth", "branches": branches}
+    smoothed = calibrated_sim(model, inputs, calib, ORT, [spec])
+    rows = smoothed.transform_records[0].layers
+    assert [r for r in rows if r["folded"]]
     report = smoothed.export_onnx(tmp_path / "smoothed.onnx")
     assert report.min_sqnr_db >= FLOOR_DB, report.to_text()
-    plain = calibrated_sim(model, inputs, calib, "int8")
+    plain = calibrated_sim(model, inputs, calib, ORT)
     plain.export_onnx(tmp_path / "plain.onnx", check=False)
-    assert _node_kinds(tmp_path / "smoothed.onnx") == _node_kinds(tmp_path / "plain.onnx")
+    added = sum(len(r["layer"].split(" -> ")[1].split(", ")) for r in rows if not r["folded"])
+    assert bool(added) == branches
+    expected = _compute_kinds(tmp_path / "plain.onnx") + Counter({"Mul": added})
+    assert _compute_kinds(tmp_path / "smoothed.onnx") == expected

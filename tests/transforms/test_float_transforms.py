@@ -9,6 +9,10 @@ Gains on the BERT with planted outliers (`tests.transforms.models.outlier_bert`:
 activations and weights, 4 calibration batches, SQNR of last_hidden_state on the example
 inputs), measured 2026-11-30: none 17.3 dB, smooth 30.3, equalize 30.5 (the same BERT
 without the planted channels: 30.4). Floor: ``GAIN_DB`` = +8 dB each.
+
+Branch smoothing on a post-LN fork (`_PostLN`, LayerNorm outlier channels 40x, target
+``ort-cpu``), measured 2026-12-03: no transform 14.9 dB, folded pairs only 15.0, with the
+branch multiply 43.1. Floor: +10 dB over folded pairs only.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import pytest
 import torch
 from torch import nn
 
+import mixq
 from mixq.analysis.metrics import float_leaves
 from mixq.sim.torch.capture import capture
 from mixq.transforms import apply_transforms
@@ -126,3 +131,86 @@ def test_a_pair_that_is_not_exact_is_undone():
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     with torch.no_grad():
         assert float_leaves(model(x))[0].equal(reference[0])
+
+
+class _PostLN(nn.Module):
+    """FFN(LN(x)) + LN(x) / 100: the LayerNorm output also feeds a non-linear consumer (a
+    residual, damped so that its own quantizer does not decide the output's error), so no
+    scale folds into it; smoothing has to go on the FFN's side of the fork."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(16)
+        self.up = nn.Linear(16, 32)
+        self.down = nn.Linear(32, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm(x)
+        return self.down(torch.relu(self.up(h))) + h / 100
+
+
+@pytest.fixture(scope="module")
+def post_ln():
+    torch.manual_seed(0)
+    model = _PostLN().eval()
+    with torch.no_grad():  # outlier channels out of the LayerNorm, that the FFN reads damped
+        model.norm.weight[:3] *= 40
+        model.up.weight[:, :3] /= 40
+    return model, torch.randn(64, 16)
+
+
+def test_smooth_puts_the_scale_on_the_linear_branch_of_a_post_ln_fork(post_ln):
+    model, x = post_ln
+    assert not [p for p in find_pairs(capture(model, x).graph, model) if p.producer == "norm"]
+    result = apply_transforms(model, x, ["smooth"])
+    rows = {row["layer"]: row for row in result.records[0].layers}
+    assert rows["norm -> up"]["folded"] is False
+    assert torch.equal(result.model.norm.weight, model.norm.weight)  # the residual keeps it
+    with torch.no_grad():
+        assert max_relative_error([model(x)], [result.model(x)]) <= EXACT_RTOL
+    kinds = [op.kind for op in capture(result.model, x).graph]
+    assert kinds.count("mul") == [op.kind for op in capture(model, x).graph].count("mul") + 1
+    ort = mixq.Config(default="int8", target="ort-cpu")  # LayerNorm float, linears integer
+    branch_db = quantized_sqnr(model, (x,), [x], ort, ["smooth"])
+    fold_only_db = quantized_sqnr(model, (x,), [x], ort, [{"name": "smooth", "branches": False}])
+    assert branch_db > fold_only_db + 10.0, f"{fold_only_db:.1f} -> {branch_db:.1f} dB"
+
+
+def test_a_fork_quantized_for_every_reader_is_not_smoothed(post_ln):
+    """Full-integer placement quantizes the LayerNorm output itself: a multiply after it
+    would read the quantized values, so the fork is left alone and the transform says so."""
+    model, x = post_ln
+    sim = mixq.quantize(model, x, "int8", transforms=["smooth"], calib=[x])
+    record = sim.transform_records[0]
+    assert not [r for r in record.layers if not r["folded"]]
+    assert any("fork(s) left unsmoothed" in n for n in record.notes)
+
+
+def test_branch_smoothing_reapplies_and_leaves_the_model_alone(post_ln):
+    model, x = post_ln
+    before = _state(model)
+    first = apply_transforms(model, x, ["smooth"])
+    again = apply_transforms(model, x, [first.records[0].spec()])
+    assert first.model.state_dict().keys() == again.model.state_dict().keys()
+    for k, v in first.model.state_dict().items():
+        assert torch.equal(v, again.model.state_dict()[k]), k
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    with torch.no_grad():
+        assert torch.equal(model(x), _PostLN.forward(model, x))  # no hook left on the user's model
+
+
+def test_an_undone_branch_takes_its_multiply_with_it():
+    model = _PostLN().eval()
+    x = torch.randn(5, 16)
+    with torch.no_grad():
+        reference = [model(x)]
+    before = _state(model)
+    pair = ScalePair("norm", "", "branch", "", ["up"], 16)
+    s = torch.linspace(0.5, 2.0, 16)
+    assert verify_exact(model, pair, s, [(x,)], reference, tolerance=-1.0) is None  # never kept
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert not model.up._forward_pre_hooks
+    assert verify_exact(model, pair, s, [(x,)], reference, EXACT_RTOL) is not None  # exact
+    assert model.up._forward_pre_hooks

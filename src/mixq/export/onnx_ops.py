@@ -75,6 +75,22 @@ def _cast_fake(x: torch.Tensor, dtype: str) -> torch.Tensor:
     return torch.empty_like(x)
 
 
+@custom_op("mixq::reshape", mutates_args=())
+def reshape(x: torch.Tensor, shape: list[int]) -> torch.Tensor:
+    """A reshape that keeps no view of ``x`` (the ONNX exporter's decompositions then cannot
+    trip over strides a traced ``view`` assumed)."""
+    return x.reshape(shape).clone()
+
+
+@reshape.register_fake
+def _reshape_fake(x: torch.Tensor, shape: list[int]) -> torch.Tensor:
+    return x.reshape(shape).clone()
+
+
+def _reshape_onnx(x: Any, shape: Any) -> Any:
+    return op.Reshape(x, shape)
+
+
 def _qdq_onnx(x: Any, scale: Any, zero_point: Any, dtype: str) -> Any:
     zp = op.Cast(zero_point, to=ONNX_DTYPES[dtype])
     return op.DequantizeLinear(op.QuantizeLinear(x, scale, zp), scale, zp)
@@ -97,4 +113,5 @@ TRANSLATIONS: dict[Any, Any] = {
     torch.ops.mixq.qdq.default: _qdq_onnx,
     torch.ops.mixq.dq.default: _dq_onnx,
     torch.ops.mixq.cast.default: _cast_onnx,
+    torch.ops.mixq.reshape.default: _reshape_onnx,
 }

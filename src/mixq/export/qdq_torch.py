@@ -68,14 +68,48 @@ class _Rewriter:
         return self.graph.get_attr(name)
 
     def run(self) -> fx.GraphModule:
+        self._freeze_biases()
         for node in list(self.graph.nodes):
             if node.op == "call_module" and str(node.target).startswith("mixq_q"):
                 self._replace(node, self.gm.get_submodule(str(node.target)))
         for name in [n for n, _ in self.gm.named_children() if n.startswith("mixq_q")]:
             delattr(self.gm, name)
+        self._views_as_reshapes()
         self.graph.lint()
         self.gm.recompile()
         return self.gm
+
+    def _freeze_biases(self) -> None:
+        """Each conv bias the Sim rounds (`mixq.sim.torch.bias`) becomes a constant holding
+        the rounded value, which the batch-norm fold then reads."""
+        attrs = dict(self.gm.named_parameters()) | dict(self.gm.named_buffers())
+        for node in list(self.graph.nodes):
+            if not (node.op == "call_module" and str(node.target).startswith("mixq_bias")):
+                continue
+            values = [attrs.get(str(a.target)) if isinstance(a, fx.Node) else a for a in node.args]
+            with torch.no_grad():
+                bias = self.gm.get_submodule(str(node.target))(*values)
+            replacement: fx.Node | None = None
+            if bias is not None:
+                name = f"{node.target}_value"
+                self.gm.register_buffer(name, bias.detach().clone())
+                with self.graph.inserting_before(node):
+                    replacement = self.graph.get_attr(name)
+            for user in list(node.users):
+                user.args = tuple(replacement if a is node else a for a in user.args)
+            self.graph.erase_node(node)
+            delattr(self.gm, str(node.target))
+
+    def _views_as_reshapes(self) -> None:
+        """Every ``reshape`` / ``view`` becomes ``mixq::reshape`` (ONNX Reshape). Exporting
+        traces a ``reshape`` as a ``view`` when the traced strides allow it (SDPA's CPU kernel
+        returns an output whose transpose is contiguous); the ONNX exporter then decomposes
+        SDPA into ops with other strides, and the view fails ("Cannot view a tensor with
+        shape ...": BEiT, Swin). The custom op is opaque to those decompositions."""
+        views = (torch.ops.aten.view.default, torch.ops.aten.reshape.default)
+        for node in self.graph.nodes:
+            if node.op == "call_function" and node.target in views:
+                node.target = torch.ops.mixq.reshape.default
 
     def _replace(self, node: fx.Node, q: Any) -> None:
         self.count += 1
@@ -286,8 +320,30 @@ def _softmax_notes(sim: Any) -> list[str]:
     return notes
 
 
-def _to_onnx(module: fx.GraphModule, args: Any, kwargs: Any) -> onnx.ModelProto:
-    """The dynamo export of the rewritten graph module, mixq's ops translated to Q/DQ."""
+def _to_onnx(
+    module: fx.GraphModule, args: Any, kwargs: Any, dynamic: bool
+) -> tuple[onnx.ModelProto, list[str]]:
+    """The dynamo export of the rewritten graph module, mixq's ops translated to Q/DQ, and
+    notes. Dynamic input shapes where the Sim has them; a model whose views torch cannot
+    decompose with symbolic shapes (attention reshapes after a transpose) is exported again
+    for the example's shapes, and a note says so."""
+    if dynamic:
+        try:
+            return _dynamo_export(module, args, kwargs, dynamic_shapes(module, args, kwargs)), []
+        except Exception as e:  # torch's ConversionError and what it wraps
+            why = str(e).strip().splitlines()
+            model = _dynamo_export(module, args, kwargs, None)
+            summary = next((line for line in why if "Cannot" in line), why[0] if why else "")
+            return model, [
+                "exported for the example's input shapes only: torch.onnx could not keep "
+                f"them dynamic ({summary[:200]})"
+            ]
+    return _dynamo_export(module, args, kwargs, None), [
+        "exported for the example's input shapes only, as the Sim was captured"
+    ]
+
+
+def _dynamo_export(module: fx.GraphModule, args: Any, kwargs: Any, shapes: Any) -> onnx.ModelProto:
     with quiet_dependencies():
         program = torch.onnx.export(
             module,
@@ -296,7 +352,7 @@ def _to_onnx(module: fx.GraphModule, args: Any, kwargs: Any) -> onnx.ModelProto:
             dynamo=True,
             opset_version=OPSET,
             custom_translation_table=TRANSLATIONS,
-            dynamic_shapes=dynamic_shapes(module, args, kwargs),
+            dynamic_shapes=shapes,
             verbose=False,
             optimize=False,
         )
@@ -319,8 +375,11 @@ def export_onnx(sim: Any, path: str | Path, options: ExportOptions) -> ExportRep
     rewriter = _Rewriter(sim, u8_weights=u8)
     module = rewriter.run()
     islands = make_float_islands(module, sim) if options.float_islands else []
-    model = _to_onnx(module, *sim.example_inputs)
+    dynamic = getattr(sim, "static_shapes", None) is None
+    args, kwargs = sim.example_inputs
+    model, shape_notes = _to_onnx(module, args, kwargs, dynamic)
     report = ExportReport(Path(path), name_qdq_nodes(model, rewriter.names), notes=islands)
+    report.notes += shape_notes
     report.notes += _softmax_notes(sim) + ([U8_WEIGHTS_NOTE] if u8 else [])
     _check_coverage(sim, model, report, options.float_islands)
     if not options.keep_io_types:

@@ -130,4 +130,6 @@ def _copy_captured(captured: Any) -> Any:
         {t: nodes[n.name] for t, n in captured.tensor_nodes.items()},
         {o: nodes[n.name] for o, n in captured.op_nodes.items()},
         captured.example_inputs,
+        list(captured.notes),
+        captured.static,
     )

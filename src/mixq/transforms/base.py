@@ -101,6 +101,9 @@ class TransformContext:
         sim: the Sim, for ``weights`` transforms (None while float transforms run).
         reference: the model's outputs on ``batches[:1]`` before the running transform
             (what a float transform must keep; set by the pipeline).
+        quantized: what gives the activation tensors the plan quantizes for every reader
+            (a full-integer target), resolved only when a transform asks (`quantized_tensors`);
+            None when no plan is known (`apply_transforms`).
     """
 
     model: nn.Module
@@ -108,6 +111,11 @@ class TransformContext:
     batches: list[Any]
     sim: Any = None
     reference: list[Any] = field(default_factory=list)
+    quantized: Callable[[], set[str]] | None = None
+
+    def quantized_tensors(self) -> set[str] | None:
+        """Tensors quantized for every reader under the plan, or None if unknown."""
+        return None if self.quantized is None else self.quantized()
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,12 @@ right operand of a matmul (the attention's ``probs @ V``). Every path from the p
 end at such a consumer: a residual add, a LayerNorm, a GELU or a model output stops the pair
 (in post-LN BERT that rules out the LayerNorms, whose outputs also feed the residual adds).
 
+Where no producer can take the scale (a LayerNorm whose output also feeds a residual add, a
+GELU), `find_branches` pairs the tensor with the linear layers that read it: the scale goes
+on their side of the fork, as one per-channel multiply of each linear's input (a forward
+pre-hook with the buffer ``smooth_inv_scale``, captured as a ``mul`` op of that linear's
+module), and the weights take ``s``. That adds a ``Mul`` per linear to the exported model.
+
 `apply_scale` then rewrites the weights in place; `verify_exact` runs the model and undoes a
 pair whose outputs moved by more than the float tolerance (a channel mapping it could not see).
 
@@ -34,9 +40,11 @@ from mixq.graph.ir import Graph, Op
 from mixq.transforms.stats import run_batches
 
 __all__ = [
+    "INPUT_SCALE",
     "ScalePair",
     "apply_scale",
     "consumer_ranges",
+    "find_branches",
     "find_pairs",
     "max_relative_error",
     "module_weight",
@@ -65,6 +73,7 @@ _COMMUTING = frozenset(
     }
 )
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+INPUT_SCALE = "smooth_inv_scale"  # the buffer a branch pair's linear multiplies its input by
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
@@ -73,10 +82,13 @@ class ScalePair:
     """A producer op, the module whose output is divided by ``s``, and the consumers.
 
     Attributes:
-        producer: the producer op's name (a linear, conv or layer_norm op).
-        module: the producer's module path.
-        kind: the kind of the scaled module: ``linear``, ``conv``, ``batch_norm``, ``layer_norm``.
-        scaled: module path of the scaled module (the conv's batch-norm when one follows).
+        producer: the producer op's name (a linear, conv or layer_norm op); for a branch, the
+            tensor the linears read.
+        module: the producer's module path ("" for a branch).
+        kind: the kind of the scaled module: ``linear``, ``conv``, ``batch_norm``,
+            ``layer_norm``, or ``branch`` (each consumer divides its own input).
+        scaled: module path of the scaled module (the conv's batch-norm when one follows;
+            "" for a branch).
         consumers: module paths of the linear / conv layers whose input channels get ``s``.
         channels: the number of channels.
     """
@@ -176,6 +188,50 @@ def find_pairs(
     return pairs
 
 
+def find_branches(graph: Graph, model: nn.Module, taken: list[ScalePair]) -> list[ScalePair]:
+    """Tensors read by single-use ``nn.Linear`` layers that no pair in ``taken`` scales: one
+    branch pair per tensor, its consumers those linears (other readers keep the tensor)."""
+    single = _single_use(graph)
+    covered = {c for p in taken for c in p.consumers}
+    readers: dict[str, list[str]] = {}
+    for op in graph:
+        if op.kind != "linear" or not op.weights or len(op.inputs) != 1:
+            continue
+        module = model.get_submodule(op.module)
+        if isinstance(module, nn.Linear) and op.module in single and op.module not in covered:
+            readers.setdefault(op.inputs[0], []).append(op.module)
+    pairs = []
+    for tensor, paths in readers.items():
+        widths = {_in_channels(model.get_submodule(p)) for p in paths}
+        if len(widths) == 1:
+            pairs.append(ScalePair(tensor, "", "branch", "", paths, int(widths.pop() or 0)))
+    return pairs
+
+
+def _scale_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """Forward pre-hook of a branch pair's linear: its input times ``smooth_inv_scale``."""
+    inv = getattr(module, INPUT_SCALE, None)
+    if inv is None or not args:
+        return None
+    return (args[0] * inv, *args[1:])
+
+
+def _attach_input_scale(module: nn.Module, inv: torch.Tensor) -> None:
+    old = getattr(module, INPUT_SCALE, None)
+    if isinstance(old, torch.Tensor):
+        getattr(module, INPUT_SCALE).mul_(inv)
+        return
+    module.register_buffer(INPUT_SCALE, inv.detach().clone())
+    module.register_forward_pre_hook(_scale_input)
+
+
+def _detach_input_scale(module: nn.Module) -> None:
+    module._buffers.pop(INPUT_SCALE, None)
+    for key, hook in list(module._forward_pre_hooks.items()):
+        if hook is _scale_input:
+            del module._forward_pre_hooks[key]
+
+
 def module_weight(model: nn.Module, path: str) -> torch.Tensor:
     """The ``weight`` parameter of the module at ``path``."""
     weight = getattr(model.get_submodule(path), "weight", None)
@@ -193,15 +249,24 @@ def _along(s: torch.Tensor, weight: torch.Tensor, axis: int) -> torch.Tensor:
 
 @torch.no_grad()
 def apply_scale(model: nn.Module, pair: ScalePair, s: torch.Tensor) -> None:
-    """Divide the producer's output channels by ``s`` and multiply the consumers' inputs."""
+    """Divide the producer's output channels by ``s`` (a branch: each consumer's input) and
+    multiply the consumers' input channels."""
+    if pair.kind == "branch":
+        for path in pair.consumers:
+            _attach_input_scale(model.get_submodule(path), 1.0 / s)
+    else:
+        _divide_producer(model, pair, s)
+    for path in pair.consumers:
+        weight = module_weight(model, path)
+        weight.mul_(_along(s, weight, 1))
+
+
+def _divide_producer(model: nn.Module, pair: ScalePair, s: torch.Tensor) -> None:
     weight = module_weight(model, pair.scaled)
     weight.div_(_along(s, weight, 0))
     bias = getattr(model.get_submodule(pair.scaled), "bias", None)
     if isinstance(bias, torch.Tensor):
         bias.div_(s)
-    for path in pair.consumers:
-        weight = module_weight(model, path)
-        weight.mul_(_along(s, weight, 1))
 
 
 def _rows(w: torch.Tensor, axis: int) -> torch.Tensor:
@@ -257,9 +322,12 @@ def verify_exact(
         The relative output change, or None when the pair was undone.
     """
     saved = _snapshot(model, pair)
+    fresh = [p for p in pair.consumers if not hasattr(model.get_submodule(p), INPUT_SCALE)]
     apply_scale(model, pair, s)
     error = max_relative_error(reference, run_batches(model, batches))
     if error <= tolerance:
         return error
+    for path in fresh if pair.kind == "branch" else []:
+        _detach_input_scale(model.get_submodule(path))
     model.load_state_dict(saved, strict=False)
     return None

@@ -36,6 +36,7 @@ from torch import nn
 from mixq.core.errors import CalibrationError, ConfigError
 from mixq.graph.ir import Graph
 from mixq.plan.plan import Plan
+from mixq.plan.points import quantization_points
 from mixq.rules.config import Config
 from mixq.rules.resolve import Resolution
 from mixq.sim.torch.capture import Captured, capture
@@ -91,10 +92,15 @@ def _run(ctx: TransformContext, transform: Transform, options: dict[str, Any]) -
 
 
 def _float_stage(
-    model: nn.Module, graph: Graph, batches: list[Any], parsed: list[tuple[Transform, Any]]
+    ctx: TransformContext, parsed: list[tuple[Transform, Any]]
 ) -> tuple[TransformContext, list[TransformRecord]]:
-    ctx = TransformContext(model, graph, batches)
     return ctx, [_run(ctx, t, o) for t, o in parsed if t.stage == "float"]
+
+
+def _quantized_for_all(graph: Graph, resolution: Resolution) -> set[str]:
+    """Activation tensors the plan quantizes for every reader."""
+    points = quantization_points(graph, resolution.plan)
+    return {p.target for p in points if p.kind == "activation" and not p.readers and not p.is_float}
 
 
 def apply_transforms(
@@ -121,7 +127,8 @@ def apply_transforms(
         )
     copied = copy.deepcopy(model).eval()
     graph = capture(copied, example_inputs).graph
-    _, records = _float_stage(copied, graph, _batches(calib, example_inputs), parsed)
+    ctx = TransformContext(copied, graph, _batches(calib, example_inputs))
+    _, records = _float_stage(ctx, parsed)
     return TransformResult(copied, records)
 
 
@@ -151,7 +158,9 @@ def quantize_with_transforms(
     batches = _batches(calib, example_inputs)
     copied = copy.deepcopy(model).eval()
     captured = capture(copied, example_inputs)
-    ctx, records = _float_stage(copied, captured.graph, batches, parsed)
+    ctx = TransformContext(copied, captured.graph, batches)
+    ctx.quantized = lambda: _quantized_for_all(captured.graph, resolve(captured.graph))
+    ctx, records = _float_stage(ctx, parsed)
     if records and not _load_parameters(captured, copied):
         captured = capture(copied, example_inputs)
     sim: Any = Sim(captured, resolve(captured.graph))

@@ -3,8 +3,12 @@
 For each `ScalePair` whose consumers are linear layers, the input channels ``j`` of the
 consumers get ``s_j = max|x_j|^alpha / max|w_j|^(1 - alpha)``: the activation becomes
 ``x / s`` (folded into the producer: a linear's rows and bias, a conv's batch-norm, a
-LayerNorm's weight and bias) and the consumers' columns ``w * s``. No op is added, so the
-exported model has the same ops as the unsmoothed one.
+LayerNorm's weight and bias) and the consumers' columns ``w * s``. No op is added there.
+
+Where the producer cannot take the scale (post-LayerNorm transformers: every LayerNorm
+output also feeds a residual add; a GELU before the FFN's second linear), ``branches=True``
+(the default) puts ``x / s`` on the linears' side of the fork: one per-channel multiply
+per linear, a ``Mul`` in the exported model (see `mixq.transforms.pairs.find_branches`).
 
 ``alpha`` is searched per pair on the calibration data: the candidate (or no smoothing at
 all) with the lowest output error of the consumers, with activations fake-quantized per
@@ -31,7 +35,13 @@ from torch import nn
 
 from mixq.core import primitives as P
 from mixq.transforms.base import TransformContext, TransformRecord, register_transform
-from mixq.transforms.pairs import ScalePair, find_pairs, module_weight, verify_exact
+from mixq.transforms.pairs import (
+    ScalePair,
+    find_branches,
+    find_pairs,
+    module_weight,
+    verify_exact,
+)
 from mixq.transforms.stats import record_inputs, run_batches
 
 __all__ = ["DEFAULT_ALPHAS", "smooth", "smoothing_scale"]
@@ -97,6 +107,31 @@ def _choose(
     return best[0], best[1], base, best[2]
 
 
+def _pairs(
+    ctx: TransformContext, record: TransformRecord, branches: bool, chosen: bool
+) -> list[ScalePair]:
+    """Folded pairs into linears, then (``branches``) the forks no producer can take a scale
+    for, except where the target quantizes the forked tensor itself (full-integer placement:
+    the multiply would read the quantized values and gain nothing); with alphas ``chosen``
+    per pair (a saved plan's), those pairs are the ones to apply."""
+    pairs = [
+        p
+        for p in find_pairs(ctx.graph, ctx.model)
+        if all(isinstance(ctx.model.get_submodule(c), nn.Linear) for c in p.consumers)
+    ]
+    if not branches:
+        return pairs
+    forks = find_branches(ctx.graph, ctx.model, pairs)
+    quantized = None if chosen else ctx.quantized_tensors()
+    inside = [p for p in forks if quantized is not None and p.producer in quantized]
+    if inside:
+        record.notes.append(
+            f"{len(inside)} fork(s) left unsmoothed: the target quantizes the tensor itself, "
+            "so a multiply after it would read the quantized values"
+        )
+    return pairs + [p for p in forks if p not in inside]
+
+
 @register_transform("smooth")
 def smooth(
     ctx: TransformContext,
@@ -104,6 +139,7 @@ def smooth(
     precision: str = "int8",
     tolerance: float = 1e-4,
     rows: int = 2048,
+    branches: bool = True,
 ) -> TransformRecord:
     """Smooth the inputs of every linear layer whose producer can take the scale exactly.
 
@@ -114,20 +150,19 @@ def smooth(
         precision: the integer precision the search quantizes activations and weights to.
         tolerance: largest relative change of the float outputs a pair may cause.
         rows: calibration rows kept per layer for the search.
+        branches: also smooth linears whose input no producer can take the scale for, with
+            a per-channel multiply in front of each (False: folded pairs only, no op added).
 
     Returns:
         The record: per pair the alpha, the scale range, max |x| before / after and the
         consumers' quantized output error before / after; ``options["alpha"]`` holds the
         alphas chosen (a reload applies them without searching).
     """
-    pairs = [
-        p
-        for p in find_pairs(ctx.graph, ctx.model)
-        if all(isinstance(ctx.model.get_submodule(c), nn.Linear) for c in p.consumers)
-    ]
+    record = TransformRecord("smooth", {"alpha": {}})
+    pairs = _pairs(ctx, record, branches, chosen=isinstance(alpha, dict))
     with record_inputs(ctx.model, [p.consumers[0] for p in pairs], keep=rows) as stats:
         run_batches(ctx.model, ctx.batches)
-    record = TransformRecord("smooth", {"alpha": {}})
+    added = 0
     for pair in pairs:
         stat = stats[pair.consumers[0]]
         if stat.absmax is None:
@@ -142,9 +177,11 @@ def smooth(
             record.notes.append(f"{pair.producer}: not exact in float, left unsmoothed")
             continue
         record.options["alpha"][pair.producer] = a
+        added += len(pair.consumers) if pair.kind == "branch" else 0
         record.layers.append(
             {
                 "layer": f"{pair.producer} -> {', '.join(pair.consumers)}",
+                "folded": pair.kind != "branch",
                 "alpha": a,
                 "scale": [float(s.min()), float(s.max())],
                 "max_abs_x": [float(stat.absmax.max()), float((stat.absmax / s).max())],
@@ -153,5 +190,7 @@ def smooth(
             }
         )
     if not pairs:
-        record.notes.append("no producer -> linear pair where a scale folds exactly")
+        record.notes.append("no linear layer whose input can take a scale")
+    if added:
+        record.notes.append(f"{added} per-channel multiplies added in front of linears")
     return record

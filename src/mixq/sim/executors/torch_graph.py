@@ -65,6 +65,7 @@ class FloatGraph:
     tensor_nodes: dict[str, str]
     op_nodes: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    static: bool = False  # captured for the example's shapes only
 
 
 def _target(node: fx.Node) -> Any:
@@ -123,13 +124,15 @@ def _attr_entry(gm: fx.GraphModule, target: str) -> tuple[str, Any]:
 
 
 def pack_float_graph(sim: Any) -> FloatGraph:
-    """The Sim's module without its quantizers: nodes, what they read, node maps."""
+    """The Sim's module without its quantizers (and bias roundings): nodes, what they read,
+    node maps."""
     return _pack(
         sim.module,
-        set(sim.quantizer_nodes.values()),
+        set(sim.quantizer_nodes.values()) | set(getattr(sim, "bias_nodes", ())),
         dict(sim.value_nodes),
         dict(sim.op_nodes),
         list(getattr(sim, "capture_notes", [])),
+        getattr(sim, "static_shapes", None) is not None,
     )
 
 
@@ -141,6 +144,7 @@ def pack_captured(captured: Any) -> FloatGraph:
         {t: n.name for t, n in captured.tensor_nodes.items()},
         {o: n.name for o, n in captured.op_nodes.items()},
         list(captured.notes),
+        captured.static,
     )
 
 
@@ -150,12 +154,19 @@ def _pack(
     value_nodes: dict[str, str],
     op_nodes: dict[str, str],
     notes: list[str],
+    static: bool,
 ) -> FloatGraph:
 
-    def source(node: Any) -> _Ref:
-        while node.name in quantizers:
-            node = node.args[0]
-        return _Ref(node.name)
+    def source(node: Any) -> _Ref | None:
+        while node is not None and node.name in quantizers:
+            node = node.args[0]  # a conv without bias reads None through its bias rounding
+        return None if node is None else _Ref(node.name)
+
+    def name_of(node: Any) -> str:
+        ref = source(node)
+        if ref is None:
+            raise ValueError(f"node {node.name!r} stands for no value")
+        return ref.name
 
     nodes, attrs = [], {}
     for n in gm.graph.nodes:
@@ -170,9 +181,10 @@ def _pack(
         nodes,
         attrs,
         gm.graph._codegen.pytree_info,  # type: ignore[attr-defined]
-        {t: source(by_name[v]).name for t, v in value_nodes.items()},
-        {op: source(by_name[v]).name for op, v in op_nodes.items()},
+        {t: name_of(by_name[v]) for t, v in value_nodes.items()},
+        {op: name_of(by_name[v]) for op, v in op_nodes.items()},
         notes,
+        static,
     )
 
 
@@ -226,4 +238,5 @@ def unpack_float_graph(state: FloatGraph, graph: Graph, example_inputs: Any) -> 
         {o: made[n] for o, n in state.op_nodes.items()},
         example_inputs,
         list(state.notes),
+        state.static,
     )

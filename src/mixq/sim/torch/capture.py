@@ -56,6 +56,7 @@ class Captured:
     op_nodes: dict[str, fx.Node] = field(default_factory=dict)
     example_inputs: tuple[tuple[Any, ...], dict[str, Any]] = ((), {})
     notes: list[str] = field(default_factory=list)
+    static: bool = False  # captured for the example's shapes only (dynamic shapes failed)
 
 
 def dynamic_shapes(model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -82,16 +83,17 @@ def _user_frame(exc: BaseException) -> str:
 
 def _export(
     model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> torch.export.ExportedProgram:
+) -> tuple[torch.export.ExportedProgram, str | None]:
+    """The exported program, and why it holds only the example's shapes (None: dynamic)."""
     # Export logs a warning for every dimension it had to keep static (channels, ...).
     logging.getLogger("torch._export.non_strict_utils").setLevel(logging.ERROR)
     try:
-        return torch.export.export(
-            model, args, kwargs, strict=False, dynamic_shapes=dynamic_shapes(model, args, kwargs)
-        )
+        dynamic = dynamic_shapes(model, args, kwargs)
+        return torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=dynamic), None
     except Exception as first:
         try:
-            return torch.export.export(model, args, kwargs, strict=False)
+            ep = torch.export.export(model, args, kwargs, strict=False)
+            return ep, f"at {_user_frame(first)}: {str(first).strip().splitlines()[0][:200]}"
         except Exception:
             summary = str(first).strip().splitlines()[0][:300]
             raise CaptureError(
@@ -114,7 +116,7 @@ def capture(model: torch.nn.Module, example_inputs: Any) -> Captured:
     args, kwargs = split_inputs(example_inputs)
     model = copy.deepcopy(model).eval()
     notes = flatten_cache_outputs(model)
-    ep = _export(model, args, kwargs)
+    ep, static_why = _export(model, args, kwargs)
     leaves = {name for name, m in model.named_modules() if not any(m.children())}
     gm = ep.module()
     dead = prune_dead_code(gm)
@@ -123,6 +125,12 @@ def capture(model: torch.nn.Module, example_inputs: Any) -> Captured:
     captured.graph.modules = {name: _class_names(m) for name, m in model.named_modules()}
     captured.example_inputs = (args, kwargs)
     captured.notes = notes
+    if static_why is not None:
+        captured.static = True
+        captured.notes.append(
+            f"captured for the example's input shapes only: torch.export could not keep them "
+            f"dynamic ({static_why}); pass example inputs of the shapes you will run"
+        )
     return captured
 
 
@@ -329,6 +337,8 @@ def _bn_attrs(node: fx.Node) -> dict[str, object]:
 
     return {
         "bn_weight": target(args[1]),
+        "bn_bias": target(args[2]),
+        "bn_running_mean": target(args[3]),
         "bn_running_var": target(args[4]),
         "bn_eps": float(cast(float, args[eps_index])) if len(args) > eps_index else 1e-5,
     }

@@ -18,6 +18,7 @@ from typing import Any, cast
 
 import torch
 from torch import fx, nn
+from torch.utils import _pytree as pytree
 
 from mixq.graph.ir import Op
 from mixq.plan.encodings import Encodings
@@ -27,6 +28,7 @@ from mixq.rules.resolve import Resolution
 from mixq.sim.base import SimBase
 from mixq.sim.inputs import split_inputs
 from mixq.sim.quantizer import ActivationBase
+from mixq.sim.torch.bias import BiasRounding, rounds_bias
 from mixq.sim.torch.capture import Captured
 from mixq.sim.torch.kinds import weight_arg
 from mixq.sim.torch.quantizer import ActivationQuantizer, Quantizer, WeightQuantizer
@@ -53,19 +55,45 @@ class Sim(nn.Module, SimBase):
         self._quantizers_by_attr: dict[str, Quantizer] = {}
         self.op_nodes: dict[str, str] = {}  # op name -> its fx node
         self.capture_notes: list[str] = list(captured.notes)  # e.g. cache outputs flattened
+        self.bias_nodes: list[str] = []  # fx nodes rounding conv biases (BiasRounding)
+        self.static_shapes = _shapes(*captured.example_inputs) if captured.static else None
         _Inserter(self, captured).run()
         self.module.recompile()
         self.finish_init()
 
     # -- running ---------------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.module(*args, **kwargs)
+        self._check_shapes(args, kwargs)
+        try:
+            return self.module(*args, **kwargs)
+        except AssertionError as e:  # export's input guards: a shape relation it recorded
+            if "Guard failed" not in str(e):
+                raise
+            raise ValueError(
+                f"input shapes {_shapes(args, kwargs)} break a relation between input sizes "
+                "that torch.export recorded when it captured the model with example shapes "
+                f"{_shapes(*self.example_inputs)} ({str(e).splitlines()[0][:160]}): run "
+                "shapes that keep it, or quantize again with example inputs of the shapes "
+                "you need"
+            ) from e
+
+    def _check_shapes(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """A Sim captured for fixed shapes says so, instead of torch's guard assertion."""
+        if self.static_shapes is None or _shapes(args, kwargs) == self.static_shapes:
+            return
+        raise ValueError(
+            f"this Sim was captured for input shapes {self.static_shapes} only (torch.export "
+            f"could not keep them dynamic; see sim.capture_notes), got {_shapes(args, kwargs)}: "
+            "run those shapes (pad or resize the inputs), or quantize again with example "
+            "inputs of the shapes you need"
+        )
 
     def _calibration_step(self, acts: list[ActivationBase]) -> Callable[[Any], None]:
         """One float run of the module: observing quantizers watch and pass values on."""
 
         def step(batch: Any) -> None:
             args, kwargs = split_inputs(batch)
+            self._check_shapes(args, kwargs)
             with torch.no_grad():
                 self.module(*args, **kwargs)
 
@@ -114,6 +142,7 @@ class _Inserter:
         self.current = dict(captured.tensor_nodes)  # tensor -> node holding its latest value
         self.get_attrs = {str(n.target): n for n in self.fx_graph.nodes if n.op == "get_attr"}
         self.groups = target_fusion_groups(captured.graph, sim.plan.target)
+        self.convs: list[tuple[str, WeightQuantizer]] = []  # conv op -> its weight quantizer
 
     def run(self) -> None:
         for point in self.sim.points:
@@ -123,6 +152,8 @@ class _Inserter:
                 self._conversion(point)
             else:
                 self._activation(point)
+        for op_name, quantizer in self.convs:
+            self._bias(op_name, quantizer)
         # where the analyses find each tensor as the rest of the model sees it
         self.sim.value_nodes = {t: n.name for t, n in self.current.items()}
         self.sim.op_nodes = {op: n.name for op, n in self.cap.op_nodes.items()}
@@ -184,6 +215,41 @@ class _Inserter:
         with self.fx_graph.inserting_before(op_node):
             q = self.fx_graph.call_module(target, args)
         op_node.replace_input_with(w_node, q)
+        if op.kind == "conv":
+            self.convs.append((point.op, quantizer))
+
+    def _bias(self, op_name: str, weight: WeightQuantizer) -> None:
+        """`BiasRounding` on the bias of a conv an int8 kernel runs (see mixq.sim.torch.bias)."""
+        op_node = self.cap.op_nodes[op_name]
+        act = self._input_quantizer(op_node.args[0])
+        if act is None or not rounds_bias(act, weight):
+            return
+        index = (weight_arg("conv", op_node.target) or 1) + 1
+        args = list(op_node.args)
+        if len(args) < index:
+            return
+        bias = args[index] if len(args) > index else None
+        bn = self._following_bn(op_name)
+        names = ("bn_weight", "bn_bias", "bn_running_mean", "bn_running_var")
+        bn_args = [self._attr(bn.attrs.get(n)) if bn is not None else None for n in names]
+        target = f"mixq_bias{len(self.sim.bias_nodes)}"
+        self.cap.module.add_module(target, BiasRounding(act, weight))
+        with self.fx_graph.inserting_before(op_node):
+            node = self.fx_graph.call_module(target, (bias, *bn_args))
+        op_node.args = (*args[:index], node, *args[index + 1 :])
+        self.sim.bias_nodes.append(node.name)
+
+    def _input_quantizer(self, node: Any) -> ActivationQuantizer | None:
+        """The activation quantizer an op's input comes from, through padding and views."""
+        while isinstance(node, fx.Node):
+            if node.op == "call_module":
+                q = self.sim._quantizers_by_attr.get(str(node.target))
+                return q if isinstance(q, ActivationQuantizer) else None
+            name = getattr(node.target, "__name__", "").split(".")[0]
+            if node.op != "call_function" or name not in _PASS_THROUGH:
+                return None
+            node = node.args[0]
+        return None
 
     def _following_bn(self, op_name: str) -> Op | None:
         """The batch-norm fused after a conv / linear, whose scale folds into its weight."""
@@ -197,3 +263,13 @@ class _Inserter:
 
     def _attr(self, name: object) -> fx.Node | None:
         return self.get_attrs.get(str(name)) if name else None
+
+
+# ops between a quantizer and a conv that keep the input's grid (ORT pads with the zero point)
+_PASS_THROUGH = frozenset({"pad", "constant_pad_nd", "view", "reshape", "permute", "clone"})
+
+
+def _shapes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tuple[int, ...]]:
+    """The shape of every tensor among the inputs, in order."""
+    leaves = pytree.tree_leaves((args, kwargs))
+    return [tuple(x.shape) for x in leaves if isinstance(x, torch.Tensor)]

@@ -1,0 +1,34 @@
+"""Corpus cells that do not pass, each with why: the documented skips of the conformance
+table (`tests/conformance/test_corpus.py` fails on a cell that fails without one here, and
+on one here that passes again, so the list stays true). ``open:`` marks a defect of mixq's
+still to fix, the rest are stages that cannot apply to that model."""
+
+from __future__ import annotations
+
+__all__ = ["SKIPS"]
+
+_FIXED_SHAPES = (
+    "cannot apply: the model computes its windows / patches from the image size, so "
+    "torch.export keeps its input shapes dynamic only under a relation between the sizes "
+    "(MobileViT) or not at all (Swin: captured for the example's shapes, with a note); "
+    "batch 1 then raises a ValueError naming both shapes"
+)
+SKIPS: dict[tuple[str, str], str] = {
+    ("swin", "shape"): _FIXED_SHAPES,
+    ("mobilevit", "shape"): _FIXED_SHAPES,
+    ("efficientnet", "export"): (
+        "open: ONNX Runtime fuses DequantizeLinear -> AveragePool -> QuantizeLinear into "
+        "QLinearAveragePool, which returns 0 for a window larger than its input (EfficientNet's "
+        "pooler: kernel 320 over a 1 x 1 map, ceil_mode); the float AveragePool is right "
+        "(export_fp16 62.6 dB)"
+    ),
+    ("wav2vec2", "export"): (
+        "open: the positional conv's weight is computed in the graph (weight norm), so it "
+        "gets no weight quantizer, and ONNX Runtime parts from the Sim at that conv's output "
+        "(19.6 dB there, 29.6 dB at the output)"
+    ),
+    ("beit", "off==float"): (
+        "open: every quantizer off differs from float by 6e-8 (relative position bias "
+        "through SDPA: the captured graph rounds differently)"
+    ),
+}
