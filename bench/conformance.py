@@ -104,8 +104,8 @@ def readme_section(rows: list[dict[str, Any]], stages: list[str], when: str) -> 
     counts = {s: [0, 0] for s in stages}
 
     def cell(model: str, stage: str, text: str) -> str:
-        if text == "n/a":
-            return text
+        if text in ("n/a", ""):  # a stage the model's kind has not (ONNX: shape, onnx_path)
+            return "n/a"
         if verdict(stage, text) and (model, stage) not in SKIPS:
             counts[stage][0] += 1
             return text.replace("ok (", "ok, ").rstrip(")") if text.startswith("ok") else text

@@ -9,9 +9,9 @@ __all__ = ["SKIPS"]
 
 _FIXED_SHAPES = (
     "cannot apply: the model computes its windows / patches from the image size, so "
-    "torch.export keeps its input shapes dynamic only under a relation between the sizes "
-    "(MobileViT) or not at all (Swin: captured for the example's shapes, with a note); "
-    "batch 1 then raises a ValueError naming both shapes"
+    "torch.export keeps the input shapes dynamic only under a relation between batch and "
+    "image size that it records; batch 1 breaks it and the Sim raises a ValueError naming "
+    "both shapes (the float model runs it)"
 )
 SKIPS: dict[tuple[str, str], str] = {
     ("swin", "shape"): _FIXED_SHAPES,

@@ -23,6 +23,7 @@ Stages (issue 11, part 2):
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import math
 import signal
@@ -285,14 +286,16 @@ def export_float_onnx(m: Model) -> tuple[Path, dict[str, torch.Tensor]]:
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         try:  # the TorchScript exporter: what most ONNX files of HF models come from
-            torch.onnx.export(
-                ByKeyword(m.model, list(kwargs)),
+            torch.onnx.export(  # a copy: tracing may leave tensors in module attributes
+                ByKeyword(copy.deepcopy(m.model), list(kwargs)),
                 tuple(kwargs.values()) if kwargs else args, str(path), dynamo=False,
                 opset_version=14, input_names=list(kwargs) or None,
             )  # fmt: skip
             m.exporter = "torchscript"
         except Exception:
-            torch.onnx.export(m.model, args, str(path), kwargs=kwargs, dynamo=True, verbose=False)
+            torch.onnx.export(
+                copy.deepcopy(m.model), args, str(path), kwargs=kwargs, dynamo=True, verbose=False
+            )
             m.exporter = "dynamo"
     import onnx
 

@@ -29,7 +29,7 @@ from tests.conformance.stages import (
     verdict,
 )
 
-LIMIT_S = 300
+LIMIT_S = 900  # a guard against hangs: Swin's int8 export alone takes ~280 s here
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
