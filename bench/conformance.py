@@ -20,7 +20,6 @@ import os
 import sys
 import tempfile
 import time
-import traceback
 import warnings
 from pathlib import Path
 from typing import Any
@@ -37,12 +36,10 @@ import torch  # noqa: E402
 from tests.conformance import corpus  # noqa: E402
 from tests.conformance.skips import SKIPS  # noqa: E402
 from tests.conformance.stages import (  # noqa: E402
-    NEEDS,
-    ONNX_STAGES,
-    RUNNERS,
     STAGES,
     Model,
     first_line,
+    run_stages,
     time_limit,
     verdict,
 )
@@ -51,6 +48,11 @@ from tests.conformance.stages import (  # noqa: E402
 def run_model(name: str, stages: list[str], limit: float, verbose: bool) -> dict[str, Any]:
     row: dict[str, Any] = {"model": name, "stages": {}, "seconds": {}}
     start = time.time()
+
+    def heard(stage: str, cell: str, seconds: float) -> None:
+        row["seconds"][stage] = round(seconds, 1)
+        print(f"  {name:22s} {stage:12s} {seconds:6.1f}s  {cell}", flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
         try:
             with time_limit(limit):
@@ -59,28 +61,7 @@ def run_model(name: str, stages: list[str], limit: float, verbose: bool) -> dict
             row["stages"] = {s: f"{type(e).__name__}: {first_line(e)}" for s in stages}
             row["total_s"] = time.time() - start
             return row
-        wanted = ONNX_STAGES if m.is_onnx else STAGES
-        failed: dict[str, str] = {}
-        for stage in stages:
-            if stage not in wanted:
-                row["stages"][stage] = "n/a"
-                continue
-            need = NEEDS.get(stage)
-            if need in failed:
-                row["stages"][stage] = f"(needs {need})"
-                continue
-            t0 = time.time()
-            try:
-                with time_limit(limit):
-                    cell = RUNNERS[stage](m)
-            except Exception as e:
-                cell = f"{type(e).__name__}: {first_line(e)}"
-                failed[stage] = cell
-                if verbose:
-                    traceback.print_exc()
-            row["stages"][stage] = cell
-            row["seconds"][stage] = round(time.time() - t0, 1)
-            print(f"  {name:22s} {stage:12s} {row['seconds'][stage]:6.1f}s  {cell}", flush=True)
+        row["stages"] = run_stages(m, stages, limit, heard, verbose)
     row["total_s"] = round(time.time() - start, 1)
     return row
 

@@ -27,6 +27,8 @@ import copy
 import io
 import math
 import signal
+import time
+import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -38,8 +40,8 @@ import torch
 import mixq
 from tests.conformance import corpus
 
-__all__ = ["NEEDS", "ONNX_STAGES", "RUNNERS", "STAGES", "Model", "first_line", "time_limit",
-           "verdict"]  # fmt: skip
+__all__ = ["NEEDS", "ONNX_STAGES", "RUNNERS", "STAGES", "Model", "first_line", "run_stages",
+           "time_limit", "verdict"]  # fmt: skip
 
 STAGES = [
     "int8", "a16w8", "w4a8", "fp16", "off==float", "shape", "export", "export_fp16",
@@ -405,3 +407,36 @@ def verdict(stage: str, cell: str) -> bool:
     except ValueError:
         return False
     return not math.isnan(value) and (value >= 35 or not stage.startswith("export"))
+
+
+def run_stages(
+    m: Model,
+    stages: list[str],
+    limit: float,
+    on_cell: Callable[[str, str, float], None] | None = None,
+    verbose: bool = False,
+) -> dict[str, str]:
+    """The cell of each of ``stages`` on ``m`` (``n/a`` where its kind has no such stage;
+    ``(needs X)`` where the stage X it builds on did not pass); ``on_cell(stage, cell,
+    seconds)`` hears of each as it ends."""
+    wanted = ONNX_STAGES if m.is_onnx else STAGES
+    cells: dict[str, str] = {}
+    for stage in stages:
+        if stage not in wanted:
+            cells[stage] = "n/a"
+            continue
+        need = NEEDS.get(stage)
+        if need is not None and need in cells and not verdict(need, cells[need]):
+            cells[stage] = f"(needs {need})"
+            continue
+        start = time.time()
+        try:
+            with time_limit(limit):
+                cells[stage] = RUNNERS[stage](m)
+        except Exception as e:
+            cells[stage] = f"{type(e).__name__}: {first_line(e)}"
+            if verbose:
+                traceback.print_exc()
+        if on_cell is not None:
+            on_cell(stage, cells[stage], time.time() - start)
+    return cells

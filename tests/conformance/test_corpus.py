@@ -18,37 +18,17 @@ import pytest
 
 from tests.conformance import corpus
 from tests.conformance.skips import SKIPS
-from tests.conformance.stages import (
-    NEEDS,
-    ONNX_STAGES,
-    RUNNERS,
-    STAGES,
-    Model,
-    first_line,
-    time_limit,
-    verdict,
-)
+from tests.conformance.stages import ONNX_STAGES, STAGES, Model, run_stages, verdict
 
 LIMIT_S = 900  # a guard against hangs: Swin's int8 export alone takes ~280 s here
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _cells(name: str) -> dict[str, str]:
-    cells: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         m = Model(name, corpus.ALL[name], Path(tmp))
-        for stage in ONNX_STAGES if m.is_onnx else STAGES:
-            need = NEEDS.get(stage)
-            if need is not None and not verdict(need, cells.get(need, "ok")):
-                cells[stage] = f"(needs {need})"
-                continue
-            try:
-                with time_limit(LIMIT_S):
-                    cells[stage] = RUNNERS[stage](m)
-            except Exception as e:
-                cells[stage] = f"{type(e).__name__}: {first_line(e)}"
-    return cells
+        return run_stages(m, ONNX_STAGES if m.is_onnx else STAGES, LIMIT_S)
 
 
 def _record(name: str, cells: dict[str, str]) -> None:

@@ -10,6 +10,8 @@ Sim's file) and 67.4 dB (ONNX Sim's file), no NaN.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -84,13 +86,19 @@ def _constants_onnx(path) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnx"])
-def test_constants_beyond_fp16_are_clamped_not_inf(backend, tmp_path):
+def _export_constants(backend: str, precision: str, tmp_path) -> tuple[Any, Any]:
+    """The model with out-of-range constants in ``precision``, exported unchecked (the Sim
+    rounds them to inf: it differs); (path, report)."""
     x = torch.randn(2, 4)
     source = _AddsConstants() if backend == "torch" else _constants_onnx(tmp_path / "c.onnx")
-    sim = mixq.quantize(source, (x,), "fp16").calibrate([(x,)], progress=False)
-    path = tmp_path / "fp16.onnx"
-    report = sim.export_onnx(path, check=False)  # the Sim rounds them to inf: it differs
+    sim = mixq.quantize(source, (x,), precision).calibrate([(x,)], progress=False)
+    path = tmp_path / f"{precision}.onnx"
+    return path, sim.export_onnx(path, check=False)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_constants_beyond_fp16_are_clamped_not_inf(backend, tmp_path):
+    path, report = _export_constants(backend, "fp16", tmp_path)
     values = _fp16_values(path)
     assert {-65504.0, 65504.0} <= set(values[np.isfinite(values)].tolist())
     assert np.isneginf(values).sum() == 1  # the buffer's -inf stays -inf
@@ -100,11 +108,7 @@ def test_constants_beyond_fp16_are_clamped_not_inf(backend, tmp_path):
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_bf16_clamps_only_beyond_its_own_range(backend, tmp_path):
-    x = torch.randn(2, 4)
-    source = _AddsConstants() if backend == "torch" else _constants_onnx(tmp_path / "c.onnx")
-    sim = mixq.quantize(source, (x,), "bf16").calibrate([(x,)], progress=False)
-    path = tmp_path / "bf16.onnx"
-    sim.export_onnx(path, check=False)
+    path, _ = _export_constants(backend, "bf16", tmp_path)
     model = onnx.load(str(path))
     bf16 = [i for i in model.graph.initializer if i.data_type == TensorProto.BFLOAT16]
     values = [float(v) for i in bf16 for v in numpy_helper.to_array(i).astype(np.float32).ravel()]

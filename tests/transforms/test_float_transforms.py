@@ -85,13 +85,22 @@ class _PreLN(nn.Module):
         return x + self.down(torch.relu(self.up(self.norm(x))))
 
 
+def _norm_outliers(make: type[nn.Module], damp_reader: bool) -> tuple[nn.Module, torch.Tensor]:
+    """``make()`` with three outlier channels (40x) out of its ``norm``; ``damp_reader``: ``up``
+    reads them divided by 40 (the float function of an unplanted model), so that the
+    outliers do not decide the output's size."""
+    torch.manual_seed(0)
+    model = make().eval()
+    with torch.no_grad():
+        model.norm.weight[:3] *= 40
+        if damp_reader:
+            model.up.weight[:, :3] /= 40
+    return model, torch.randn(64, 16)
+
+
 @pytest.fixture(scope="module")
 def pre_ln():
-    torch.manual_seed(0)
-    model = _PreLN().eval()
-    with torch.no_grad():
-        model.norm.weight[:3] *= 40  # outlier channels out of the LayerNorm
-    return model, torch.randn(64, 16)
+    return _norm_outliers(_PreLN, damp_reader=False)
 
 
 def test_smooth_folds_into_a_pre_ln_layer_norm_without_adding_ops(pre_ln):
@@ -151,12 +160,7 @@ class _PostLN(nn.Module):
 
 @pytest.fixture(scope="module")
 def post_ln():
-    torch.manual_seed(0)
-    model = _PostLN().eval()
-    with torch.no_grad():  # outlier channels out of the LayerNorm, that the FFN reads damped
-        model.norm.weight[:3] *= 40
-        model.up.weight[:, :3] /= 40
-    return model, torch.randn(64, 16)
+    return _norm_outliers(_PostLN, damp_reader=True)
 
 
 def test_smooth_puts_the_scale_on_the_linear_branch_of_a_post_ln_fork(post_ln):

@@ -324,20 +324,9 @@ def _to_onnx(
     module: fx.GraphModule, args: Any, kwargs: Any, dynamic: bool
 ) -> tuple[onnx.ModelProto, list[str]]:
     """The dynamo export of the rewritten graph module, mixq's ops translated to Q/DQ, and
-    notes. Dynamic input shapes where the Sim has them; a model whose views torch cannot
-    decompose with symbolic shapes (attention reshapes after a transpose) is exported again
-    for the example's shapes, and a note says so."""
+    notes: input shapes dynamic, or the example's where the Sim was captured for those."""
     if dynamic:
-        try:
-            return _dynamo_export(module, args, kwargs, dynamic_shapes(module, args, kwargs)), []
-        except Exception as e:  # torch's ConversionError and what it wraps
-            why = str(e).strip().splitlines()
-            model = _dynamo_export(module, args, kwargs, None)
-            summary = next((line for line in why if "Cannot" in line), why[0] if why else "")
-            return model, [
-                "exported for the example's input shapes only: torch.onnx could not keep "
-                f"them dynamic ({summary[:200]})"
-            ]
+        return _dynamo_export(module, args, kwargs, dynamic_shapes(module, args, kwargs)), []
     return _dynamo_export(module, args, kwargs, None), [
         "exported for the example's input shapes only, as the Sim was captured"
     ]

@@ -93,8 +93,8 @@ def _run(ctx: TransformContext, transform: Transform, options: dict[str, Any]) -
 
 def _float_stage(
     ctx: TransformContext, parsed: list[tuple[Transform, Any]]
-) -> tuple[TransformContext, list[TransformRecord]]:
-    return ctx, [_run(ctx, t, o) for t, o in parsed if t.stage == "float"]
+) -> list[TransformRecord]:
+    return [_run(ctx, t, o) for t, o in parsed if t.stage == "float"]
 
 
 def _quantized_for_all(graph: Graph, resolution: Resolution) -> set[str]:
@@ -128,7 +128,7 @@ def apply_transforms(
     copied = copy.deepcopy(model).eval()
     graph = capture(copied, example_inputs).graph
     ctx = TransformContext(copied, graph, _batches(calib, example_inputs))
-    _, records = _float_stage(ctx, parsed)
+    records = _float_stage(ctx, parsed)
     return TransformResult(copied, records)
 
 
@@ -160,7 +160,7 @@ def quantize_with_transforms(
     captured = capture(copied, example_inputs)
     ctx = TransformContext(copied, captured.graph, batches)
     ctx.quantized = lambda: _quantized_for_all(captured.graph, resolve(captured.graph))
-    ctx, records = _float_stage(ctx, parsed)
+    records = _float_stage(ctx, parsed)
     if records and not _load_parameters(captured, copied):
         captured = capture(copied, example_inputs)
     sim: Any = Sim(captured, resolve(captured.graph))

@@ -42,3 +42,17 @@ def test_a_dynamic_capture_takes_other_shapes():
     sim.calibrate([x], progress=False)
     with torch.no_grad():
         sim(torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.onnx
+def test_a_static_capture_exports_for_its_shapes_and_says_so(tmp_path):
+    import onnx
+
+    model, (x,) = corpus.resnet()
+    sim = mixq.quantize(model, x, "int8")
+    sim.static_shapes = [tuple(x.shape)]
+    sim.calibrate([x], progress=False)
+    report = sim.export_onnx(tmp_path / "static.onnx")
+    assert any("example's input shapes only" in n for n in report.notes)
+    dims = onnx.load(str(tmp_path / "static.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == list(x.shape)

@@ -26,6 +26,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -58,6 +60,7 @@ class BiasRounding(nn.Module):
         # references, not children: the quantizers are the Sim's, registered once
         object.__setattr__(self, "act", act)
         object.__setattr__(self, "weight", weight)
+        self._cache: tuple[tuple[Any, ...], torch.Tensor] | None = None
 
     def forward(
         self,
@@ -68,16 +71,35 @@ class BiasRounding(nn.Module):
         bn_var: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         act, weight = self.act, self.weight
-        if not (act.enabled and weight.enabled) or act.scale is None or weight.scale is None:
+        x_scale, w_scale = act.scale, weight.scale
+        if not (act.enabled and weight.enabled) or x_scale is None or w_scale is None:
             return b
-        with torch.no_grad():
-            grid = (act.scale * weight.scale.flatten()).float()
-            k = torch.ones_like(grid)
-            if bn_var is not None and weight.bn_eps is not None:
-                k = torch.rsqrt(bn_var + weight.bn_eps) * (1 if bn_weight is None else bn_weight)
-                k = torch.where(k == 0, torch.ones_like(k), k)
-            folded = torch.zeros_like(k) if b is None else b * k
-            if bn_mean is not None:
-                folded = folded - bn_mean * k + (0 if bn_bias is None else bn_bias)
-            shift = (torch.round(folded / grid) * grid - folded) / k
+        # the shift changes only with a scale or a parameter: reuse it until one does
+        tensors = (x_scale, w_scale, b, bn_weight, bn_bias, bn_mean, bn_var)
+        key = tuple((t.data_ptr(), t._version) if t is not None else None for t in tensors)
+        if self._cache is None or self._cache[0] != key:
+            grid = (x_scale * w_scale.flatten()).float()
+            self._cache = (key, self._shift(grid, b, bn_weight, bn_bias, bn_mean, bn_var))
+        shift = self._cache[1]
         return shift if b is None else b + shift
+
+    @torch.no_grad()
+    def _shift(
+        self,
+        grid: torch.Tensor,
+        b: torch.Tensor | None,
+        bn_weight: torch.Tensor | None,
+        bn_bias: torch.Tensor | None,
+        bn_mean: torch.Tensor | None,
+        bn_var: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """What ``b`` moves for its folded value to land on ``grid``, a constant to autograd."""
+        eps = self.weight.bn_eps
+        k = torch.ones_like(grid)
+        if bn_var is not None and eps is not None:
+            k = torch.rsqrt(bn_var + eps) * (1 if bn_weight is None else bn_weight)
+            k = torch.where(k == 0, torch.ones_like(k), k)
+        folded = torch.zeros_like(k) if b is None else b * k
+        if bn_mean is not None:
+            folded = folded - bn_mean * k + (0 if bn_bias is None else bn_bias)
+        return (torch.round(folded / grid) * grid - folded) / k

@@ -63,7 +63,18 @@ class Sim(nn.Module, SimBase):
 
     # -- running ---------------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        self._check_shapes(args, kwargs)
+        return self._run(args, kwargs)
+
+    def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The module on these inputs; shapes the capture cannot take raise a ValueError
+        naming them and the example's, instead of torch's guard assertion."""
+        if self.static_shapes is not None and _shapes(args, kwargs) != self.static_shapes:
+            raise ValueError(
+                f"this Sim was captured for input shapes {self.static_shapes} only "
+                "(torch.export could not keep them dynamic; see sim.capture_notes), got "
+                f"{_shapes(args, kwargs)}: run those shapes (pad or resize the inputs), or "
+                "quantize again with example inputs of the shapes you need"
+            )
         try:
             return self.module(*args, **kwargs)
         except AssertionError as e:  # export's input guards: a shape relation it recorded
@@ -77,25 +88,13 @@ class Sim(nn.Module, SimBase):
                 "you need"
             ) from e
 
-    def _check_shapes(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """A Sim captured for fixed shapes says so, instead of torch's guard assertion."""
-        if self.static_shapes is None or _shapes(args, kwargs) == self.static_shapes:
-            return
-        raise ValueError(
-            f"this Sim was captured for input shapes {self.static_shapes} only (torch.export "
-            f"could not keep them dynamic; see sim.capture_notes), got {_shapes(args, kwargs)}: "
-            "run those shapes (pad or resize the inputs), or quantize again with example "
-            "inputs of the shapes you need"
-        )
-
     def _calibration_step(self, acts: list[ActivationBase]) -> Callable[[Any], None]:
         """One float run of the module: observing quantizers watch and pass values on."""
 
         def step(batch: Any) -> None:
             args, kwargs = split_inputs(batch)
-            self._check_shapes(args, kwargs)
             with torch.no_grad():
-                self.module(*args, **kwargs)
+                self._run(args, kwargs)
 
         return step
 
