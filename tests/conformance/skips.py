@@ -22,11 +22,6 @@ SKIPS: dict[tuple[str, str], str] = {
         "pooler: kernel 320 over a 1 x 1 map, ceil_mode); the float AveragePool is right "
         "(export_fp16 62.6 dB)"
     ),
-    ("wav2vec2", "export"): (
-        "open: the positional conv's weight is computed in the graph (weight norm), so it "
-        "gets no weight quantizer, and ONNX Runtime parts from the Sim at that conv's output "
-        "(19.6 dB there, 29.6 dB at the output)"
-    ),
     ("beit", "off==float"): (
         "open: every quantizer off differs from float by 6e-8 (relative position bias "
         "through SDPA: the captured graph rounds differently)"

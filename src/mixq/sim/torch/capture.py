@@ -29,6 +29,7 @@ from torch.utils import _pytree as pytree
 from mixq.core.errors import CaptureError
 from mixq.graph.ir import Graph, Op
 from mixq.sim.inputs import split_inputs  # re-exported: its home is mixq.sim.inputs
+from mixq.sim.torch.fold import fold_computed_weights
 from mixq.sim.torch.kinds import canonical_kind, weight_arg
 from mixq.sim.torch.outputs import flatten_cache_outputs
 
@@ -119,12 +120,18 @@ def capture(model: torch.nn.Module, example_inputs: Any) -> Captured:
     ep, static_why = _export(model, args, kwargs)
     leaves = {name for name, m in model.named_modules() if not any(m.children())}
     gm = ep.module()
+    folded = fold_computed_weights(gm, lambda node: _call_key(node)[1])
     dead = prune_dead_code(gm)
     captured = _GraphBuilder(gm, leaves).build()
     captured.graph.dead = dead
     captured.graph.modules = {name: _class_names(m) for name, m in model.named_modules()}
     captured.example_inputs = (args, kwargs)
     captured.notes = notes
+    if folded:
+        captured.notes.append(
+            f"weights computed from parameters (weight norm, parametrizations) folded into "
+            f"constants at capture: {', '.join(folded)}"
+        )
     if static_why is not None:
         captured.static = True
         captured.notes.append(
