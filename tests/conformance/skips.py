@@ -16,12 +16,6 @@ _FIXED_SHAPES = (
 SKIPS: dict[tuple[str, str], str] = {
     ("swin", "shape"): _FIXED_SHAPES,
     ("mobilevit", "shape"): _FIXED_SHAPES,
-    ("efficientnet", "export"): (
-        "open: ONNX Runtime fuses DequantizeLinear -> AveragePool -> QuantizeLinear into "
-        "QLinearAveragePool, which returns 0 for a window larger than its input (EfficientNet's "
-        "pooler: kernel 320 over a 1 x 1 map, ceil_mode); the float AveragePool is right "
-        "(export_fp16 62.6 dB)"
-    ),
     ("beit", "off==float"): (
         "open: every quantizer off differs from float by 6e-8 (relative position bias "
         "through SDPA: the captured graph rounds differently)"

@@ -30,6 +30,7 @@ import onnx
 
 from mixq.core.errors import MixqError
 from mixq.export.check import DEFAULT_MIN_SQNR_DB, Checked, ExportCheckError
+from mixq.export.onnx_edit import exclude_pool_overhang
 from mixq.sim.protocol import SimLike
 
 __all__ = [
@@ -234,6 +235,7 @@ def finish_export(
         >>> # finish_export(model, ExportReport(path), sim, compare, options, islands)
     """
     options = check if isinstance(check, ExportOptions) else ExportOptions(check=check)
+    exclude_pool_overhang(model.graph)
     onnx.checker.check_model(model)
     save_model(model, report.path)
     report.simulated_16bit = _simulated_16bit(sim)

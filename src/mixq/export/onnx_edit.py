@@ -34,6 +34,7 @@ __all__ = [
     "ModelEdit",
     "cast_target",
     "complete_io_types",
+    "exclude_pool_overhang",
     "initializer",
     "subgraph_inputs",
 ]
@@ -191,3 +192,41 @@ class ModelEdit:
         del self.g.node[:]
         self.g.node.extend(reversed(kept))
         return live
+
+
+def exclude_pool_overhang(graph: onnx.GraphProto) -> list[str]:
+    """Set ``count_include_pad=0`` on every unpadded ``ceil_mode`` AveragePool; return their
+    names.
+
+    Without padding, the attribute only decides whether a window hanging over the input's
+    end (``ceil_mode``) divides by its full size. PyTorch never counts the overhang (its
+    ``count_include_pad`` counts padding only) and neither does ORT's float AveragePool, but
+    ORT's QLinearAveragePool, which replaces DQ -> AveragePool -> Q, does: EfficientNet's
+    pooler (``AvgPool2d(hidden_dim, ceil_mode=True)``, a 1280 window over a 7 x 7 map)
+    came out all zeros. With ``count_include_pad=0`` all of them compute the same mean.
+
+    Example:
+        >>> pool = helper.make_node("AveragePool", ["x"], ["y"], "pool", kernel_shape=[8, 8],
+        ...                         ceil_mode=1, count_include_pad=1)
+        >>> g = helper.make_graph([pool], "g", [], [])
+        >>> exclude_pool_overhang(g), [a.i for a in pool.attribute if a.name == "ceil_mode"]
+        (['pool'], [1])
+        >>> [a.i for a in g.node[0].attribute if a.name == "count_include_pad"]
+        [0]
+    """
+    changed = []
+    for node in graph.node:
+        if node.op_type != "AveragePool":
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        ceil = attrs.get("ceil_mode")
+        include = attrs.get("count_include_pad")
+        pads = list(attrs["pads"].ints) if "pads" in attrs else []
+        auto_pad = attrs["auto_pad"].s if "auto_pad" in attrs else b"NOTSET"
+        if ceil is None or not ceil.i or include is None or not include.i:
+            continue
+        if any(pads) or auto_pad not in (b"NOTSET", b"VALID"):
+            continue
+        include.i = 0
+        changed.append(node.name)
+    return changed
