@@ -67,6 +67,7 @@ class SimFreezer(ModelEdit):
             if q.enabled:
                 self._keep(q, where.input[1])
             self.replace(q.output_name, where.input[1] if q.enabled else where.input[2])
+        self._freeze_biases()
         for q, div in self.folds:
             _fold_batch_norm(self, q, div)
         self.prune()
@@ -75,6 +76,15 @@ class SimFreezer(ModelEdit):
         self._restore_output_names()
         self.model.metadata_props.add(key="mixq.quantizers", value=json.dumps(self.names))
         return to_opset(self.model)
+
+    def _freeze_biases(self) -> None:
+        """Each conv's bias graph input (`mixq.sim.onnx.bias`) becomes the initializer of the
+        value the Sim feeds it now: on the int32 grid ORT's QLinearConv uses, whether ORT
+        fuses the conv or not."""
+        for feed in self.sim.bias_feeds:
+            tensor = numpy_helper.from_array(feed.value(None), feed.input_name)
+            self.g.initializer.append(tensor)
+            self.inits[tensor.name] = tensor
 
     def _make_islands(self) -> None:
         self.islands = OnnxIslands(self).run()

@@ -274,6 +274,8 @@ class _Builder:
 
         return {
             "bn_weight": const(1),
+            "bn_bias": const(2),
+            "bn_running_mean": const(3),
             "bn_running_var": const(4),
             "bn_eps": attrs.get("epsilon", 1e-5),
         }

@@ -32,6 +32,7 @@ from mixq.core.errors import ConfigError
 from mixq.graph.fusion import find_fusion_groups
 from mixq.graph.ir import Graph, Op
 from mixq.observers.base import MASK_MAGNITUDE
+from mixq.sim.onnx.bias import BiasFeed, bias_feeds
 from mixq.sim.onnx.capture import constant_names, elem_type
 from mixq.sim.onnx.quantizer import OnnxActivationQuantizer, OnnxQuantizer, OnnxWeightQuantizer
 
@@ -197,17 +198,18 @@ class Rewriter:
         self.used |= {v.name for v in self.g.input} | set(self.constants)
         self.groups = find_fusion_groups(graph, fuse_add)  # the plan's target's groups
         self.masked = mask_passthrough_names(quantizers)
+        self.bias_feeds: list[BiasFeed] = []  # convs an int8 kernel runs (mixq.sim.onnx.bias)
 
-    def _fresh(self, name: str) -> str:
+    def fresh(self, name: str) -> str:
         return fresh_name(name, self.used)
 
     def _input(self, name: str, elem: int) -> str:
-        name = self._fresh(name)
+        name = self.fresh(name)
         self.g.input.append(helper.make_tensor_value_info(name, elem, []))
         return name
 
     def _node(self, op_type: str, inputs: list[str], name: str, **attrs: Any) -> str:
-        out = self._fresh(name)
+        out = self.fresh(name)
         self.g.node.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
         return out
 
@@ -219,6 +221,7 @@ class Rewriter:
                 self._conversion(q)
             else:
                 self._activation(q)
+        self.bias_feeds = bias_feeds(self)
         inputs = {v.name for v in self.g.input} | set(self.constants)
         nodes = toposort(list(self.g.node), inputs)
         del self.g.node[:]
@@ -308,7 +311,7 @@ class Rewriter:
         self._rewire(w, y, [n for n in self.g.node if n.name == op.name])
 
     def _initializer(self, name: str, values: torch.Tensor, elem: int) -> str:
-        name = self._fresh(name)
+        name = self.fresh(name)
         if elem in _NUMPY_TYPES:
             tensor = numpy_helper.from_array(values.numpy().astype(_NUMPY_TYPES[elem]), name)
         else:  # 4-bit types: make_tensor packs two values per byte
@@ -319,7 +322,7 @@ class Rewriter:
         return name
 
     def _weight_dq(self, q: OnnxWeightQuantizer, w: torch.Tensor, op: Op, elem: int) -> str:
-        fold = self._bn_fold(op, w)
+        fold = self.bn_fold(op, w)
         ints = q.quantize(w, fold)
         assert q.scale is not None and q.zero_point is not None
         to = ONNX_TYPES[q.qtype.name]
@@ -341,18 +344,14 @@ class Rewriter:
             out = self._node("Cast", [out], f"{q.name}/mixq_weight", to=elem)
         return out
 
-    def _bn_fold(self, op: Op, w: torch.Tensor) -> torch.Tensor | None:
+    def bn_fold(self, op: Op, w: torch.Tensor) -> torch.Tensor | None:
         """``gamma / sqrt(var + eps)`` shaped along the weight's output axis, for a
         batch-norm fused after ``op`` (None without one)."""
-        group = self.groups[op.name]
-        bn = next(
-            (self.graph.ops[n] for n in group.ops[1:] if self.graph.ops[n].kind == "batch_norm"),
-            None,
-        )
-        if group.anchor != op.name or bn is None or not bn.attrs.get("bn_running_var"):
+        bn = self.batch_norm_after(op)
+        if bn is None or not bn.attrs.get("bn_running_var"):
             return None
-        var = self._array(bn.attrs["bn_running_var"])
-        gamma = self._array(bn.attrs.get("bn_weight"))
+        var = self.array(bn.attrs["bn_running_var"])
+        gamma = self.array(bn.attrs.get("bn_weight"))
         if var is None:
             return None
         s = torch.rsqrt(var + float(bn.attrs.get("bn_eps", 1e-5)))  # type: ignore[arg-type]
@@ -362,7 +361,15 @@ class Rewriter:
         shape[int(op.attrs.get("weight_axis", 0))] = -1  # type: ignore[call-overload]
         return s.reshape(shape)
 
-    def _array(self, name: object) -> torch.Tensor | None:
+    def batch_norm_after(self, op: Op) -> Op | None:
+        """The batch-norm of the plan's fusion group ``op`` anchors (None without one)."""
+        group = self.groups[op.name]
+        if group.anchor != op.name:
+            return None
+        ops = (self.graph.ops[n] for n in group.ops[1:])
+        return next((o for o in ops if o.kind == "batch_norm"), None)
+
+    def array(self, name: object) -> torch.Tensor | None:
         value = self.constants.get(str(name)) if name else None
         if value is None:
             return None

@@ -99,7 +99,9 @@ class OnnxSim(SimBase):
         quantizers that have one now (`mixq.sim.onnx.rewrite`)."""
         self.model = ensure_opset(load_model(self.source), list(self._quantizers.values()))
         fuse_add = fuses_residual_add(self.plan.target)
-        Rewriter(self.model, self.graph, self._quantizers, fuse_add).run()
+        rewriter = Rewriter(self.model, self.graph, self._quantizers, fuse_add)
+        rewriter.run()
+        self.bias_feeds = rewriter.bias_feeds
         self._masked = mask_passthrough_names(self._quantizers)
         self._expose_values()
         self.session = make_session(self.model)
@@ -160,6 +162,7 @@ class OnnxSim(SimBase):
             control[q.enabled_input] = np.array(flag)
             if isinstance(q, OnnxActivationQuantizer):
                 control.update(q.feeds())
+        control.update({f.input_name: f.value(on) for f in self.bias_feeds})
         # ORT reads an empty list of names as "every output"
         return list(self.session.run(names, {**feeds, **control})) if names else []
 

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mixq.sim.bias_grid import bias_shift, bn_factor
 from mixq.sim.torch.quantizer import ActivationQuantizer, WeightQuantizer
 
 __all__ = ["BiasRounding", "rounds_bias"]
@@ -83,7 +84,6 @@ class BiasRounding(nn.Module):
         shift = self._cache[1]
         return shift if b is None else b + shift
 
-    @torch.no_grad()
     def _shift(
         self,
         grid: torch.Tensor,
@@ -94,12 +94,5 @@ class BiasRounding(nn.Module):
         bn_var: torch.Tensor | None,
     ) -> torch.Tensor:
         """What ``b`` moves for its folded value to land on ``grid``, a constant to autograd."""
-        eps = self.weight.bn_eps
-        k = torch.ones_like(grid)
-        if bn_var is not None and eps is not None:
-            k = torch.rsqrt(bn_var + eps) * (1 if bn_weight is None else bn_weight)
-            k = torch.where(k == 0, torch.ones_like(k), k)
-        folded = torch.zeros_like(k) if b is None else b * k
-        if bn_mean is not None:
-            folded = folded - bn_mean * k + (0 if bn_bias is None else bn_bias)
-        return (torch.round(folded / grid) * grid - folded) / k
+        k = bn_factor(bn_var, self.weight.bn_eps, bn_weight, grid)
+        return bias_shift(grid, b, k, bn_bias, bn_mean)
