@@ -341,7 +341,7 @@ def deit() -> tuple[nn.Module, Any]:
     model, inputs = _vision("DeiTConfig", "DeiTModel", **_VIT_KW)
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
-        for name, p in model.embeddings.named_parameters(recurse=False):
+        for p in model.embeddings.parameters(recurse=False):
             if not p.any():  # cls_token, distillation_token, position_embeddings
                 p.copy_(0.02 * torch.randn(p.shape, generator=g))
     return model, inputs

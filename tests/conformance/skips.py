@@ -16,8 +16,4 @@ _FIXED_SHAPES = (
 SKIPS: dict[tuple[str, str], str] = {
     ("swin", "shape"): _FIXED_SHAPES,
     ("mobilevit", "shape"): _FIXED_SHAPES,
-    ("beit", "off==float"): (
-        "open: every quantizer off differs from float by 6e-8 (relative position bias "
-        "through SDPA: the captured graph rounds differently)"
-    ),
 }

@@ -141,8 +141,18 @@ def check_sim(
         *call_sections,
         unfused=_table("unfused", unfused_rows(sim.graph, fuses_residual_add(sim.plan.target))),
         layers=_table("layers", _layer_rows(sim)),
-        unusual=_table("unusual", _unusual_rows(sim.graph, sim.plan, requested) + _overflows(sim)),
+        unusual=_table(
+            "unusual",
+            _unusual_rows(sim.graph, sim.plan, requested) + _overflows(sim) + _capture_rows(sim),
+        ),
     )
+
+
+def _capture_rows(sim: Any) -> list[dict[str, str]]:
+    """What capture noted about the model (cache outputs flattened, shapes kept static, the
+    exported program parting from the eager model)."""
+    notes = getattr(sim, "capture_notes", [])
+    return [{"op/tensor": "(capture)", "issue": n, "advice": "informational"} for n in notes]
 
 
 def _table(key: str, rows: list[dict[str, Any]], note: str = "") -> Table:
