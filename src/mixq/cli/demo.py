@@ -64,8 +64,9 @@ def demo_configs() -> dict[str, Config]:
 
 
 def search_mixed(model: torch.nn.Module, data: DigitsData, time_budget_s: float = 20) -> Plan:
-    """The cheapest plan (in BOPs) mixing a8w8, a8w4 and a16w16 whose test accuracy is
-    within 0.5 % of the float model's."""
+    """The cheapest plan (in BOPs) mixing a8w8, a8w4 and a16w16 whose test accuracy is the
+    float model's (no drop: a uniform int8 or a8w4 plan on this CNN often comes within 0.5 %
+    already, so a looser target would only find the uniform plan again)."""
     x, y = data.x_test, data.y_test
     result = search(
         model,
@@ -74,7 +75,7 @@ def search_mixed(model: torch.nn.Module, data: DigitsData, time_budget_s: float 
         data=[(x,)],
         labels=[y],
         evaluate="accuracy",
-        target={"drop": 0.005},
+        target={"drop": 0.0},
         candidates=CANDIDATES,
         strategy="fallback",
         time_budget_s=time_budget_s,
