@@ -31,7 +31,13 @@ from mixq.analysis.calls import ModuleCalls, call_rows
 from mixq.analysis.overflow import check_overflow
 from mixq.core.qtypes import qtype
 from mixq.core.table import Table
-from mixq.graph.fusion import IDENTITY_KINDS, FusionGroup, find_fusion_groups, fusion_stages
+from mixq.graph.fusion import (
+    IDENTITY_KINDS,
+    FusionGroup,
+    anchor_kind,
+    find_fusion_groups,
+    fusion_stages,
+)
 from mixq.graph.ir import Graph, Op
 from mixq.plan.plan import OpPlan, Plan
 from mixq.plan.tensors import aliases, tensor_precisions
@@ -208,7 +214,7 @@ def unfused_rows(graph: Graph, fuse_add: bool = True) -> list[dict[str, str]]:
 
 def _later_stages(graph: Graph, group: FusionGroup, op: Op, fuse_add: bool) -> frozenset[str]:
     """The kinds that could still follow ``op`` in the pattern its group started."""
-    stages = fusion_stages(graph.ops[group.anchor].kind, fuse_add)
+    stages = fusion_stages(anchor_kind(graph.ops[group.anchor]), fuse_add)
     if op.name != group.anchor:
         if op.kind in IDENTITY_KINDS:
             return frozenset()

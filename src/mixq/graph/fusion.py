@@ -3,9 +3,12 @@
 Patterns, each link only through a tensor with a single consumer (identity ops such as
 dropout in eval mode are skipped over):
 
-- conv / conv_transpose / linear, then optional batch_norm, optional residual add,
-  optional relu-like activation;
-- add or batch_norm, then optional relu-like activation.
+- conv / conv_transpose / linear (or a MatMul by a weight), then an optional add of a
+  constant (its bias), optional batch_norm, optional residual add, optional relu-like
+  activation;
+- add or batch_norm, then optional relu-like activation;
+- a layer / RMS norm or a GELU spelled out op by op (mean, sub, pow, sqrt, div, erf, ...),
+  found by `mixq.graph.composites.composite_regions`: the whole region, in graph order.
 
 With ``fuse_add=False`` (targets whose kernels do not fuse the residual add, such as ONNX
 Runtime's CPU provider: QLinearConv then QLinearAdd) an anchor's group ends before the add,
@@ -31,13 +34,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mixq.graph.composites import composite_regions
 from mixq.graph.ir import Graph, Op
-from mixq.graph.kinds import FUSABLE_ACTIVATIONS
+from mixq.graph.kinds import FUSABLE_ACTIVATIONS, IDENTITY_KINDS
 
-__all__ = ["FusionGroup", "find_fusion_groups"]
+__all__ = ["IDENTITY_KINDS", "FusionGroup", "find_fusion_groups"]
 
 _ANCHORS = frozenset({"conv", "conv_transpose", "linear"})
-IDENTITY_KINDS = frozenset({"dropout", "identity", "contiguous", "clone", "alias", "detach"})
 
 
 @dataclass(frozen=True)
@@ -52,10 +55,14 @@ class FusionGroup:
         return self.ops[0]
 
 
+# a stage that takes an add of a constant (a MatMul's bias, written as its own Add in ONNX)
+BIAS = "bias_add"
+
+
 def fusion_stages(kind: str, fuse_add: bool = True) -> list[frozenset[str]]:
     if kind in _ANCHORS:
         add = [frozenset({"add"})] if fuse_add else []
-        return [frozenset({"batch_norm"}), *add, FUSABLE_ACTIVATIONS]
+        return [frozenset({BIAS}), frozenset({"batch_norm"}), *add, FUSABLE_ACTIVATIONS]
     if kind in {"add", "batch_norm"}:
         return [FUSABLE_ACTIVATIONS]
     return []
@@ -75,14 +82,25 @@ def _next_op(graph: Graph, tensor: str) -> tuple[list[str], Op | None]:
         tensor = op.outputs[0]
 
 
+def anchor_kind(op: Op) -> str:
+    """A MatMul by a weight (ONNX's spelling of a linear layer) anchors as a linear."""
+    return "linear" if op.kind == "matmul" and op.weights else op.kind
+
+
+def _takes(graph: Graph, stage: frozenset[str], op: Op) -> bool:
+    if BIAS in stage:
+        return op.kind == "add" and len(graph.float_inputs(op)) == 1
+    return op.kind in stage
+
+
 def _grow(graph: Graph, start: Op, taken: set[str], fuse_add: bool) -> list[str]:
     members = [start.name]
-    for stage in fusion_stages(start.kind, fuse_add):
+    for stage in fusion_stages(anchor_kind(start), fuse_add):
         tail = graph.ops[members[-1]]
         if len(tail.outputs) != 1:
             break
         skipped, nxt = _next_op(graph, tail.outputs[0])
-        if nxt is not None and nxt.kind in stage and nxt.name not in taken:
+        if nxt is not None and _takes(graph, stage, nxt) and nxt.name not in taken:
             members += [*skipped, nxt.name]
     return members
 
@@ -97,6 +115,9 @@ def find_fusion_groups(graph: Graph, fuse_add: bool = True) -> dict[str, FusionG
             with a Plan use `target_fusion_groups`.
     """
     groups: dict[str, FusionGroup] = {}
+    for region in composite_regions(graph):  # a spelled-out norm or GELU: one kernel
+        group = FusionGroup(region, graph.ops[region[-1]].outputs[0])
+        groups.update(dict.fromkeys(region, group))
     for op in graph:
         if op.name in groups:
             continue

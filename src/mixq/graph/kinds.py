@@ -13,6 +13,7 @@ from __future__ import annotations
 __all__ = [
     "DATA_MOVEMENT",
     "FUSABLE_ACTIVATIONS",
+    "IDENTITY_KINDS",
     "NORMALIZATION",
     "WEIGHTED",
     "is_data_movement",
@@ -61,6 +62,9 @@ DATA_MOVEMENT = frozenset(
 FUSABLE_ACTIVATIONS = frozenset({"relu", "relu6", "hardtanh", "clamp"})
 
 NORMALIZATION = frozenset({"batch_norm"})
+
+# Ops that pass their input through unchanged in eval mode (a fusion chain skips them).
+IDENTITY_KINDS = frozenset({"dropout", "identity", "contiguous", "clone", "alias", "detach"})
 
 
 def is_data_movement(kind: str) -> bool:
