@@ -2,6 +2,7 @@
 
     python bench/latency_model.py                 # measure the table here, then predict
     python bench/latency_model.py --profile my-cpu.yaml   # a table measured earlier
+    python bench/latency_model.py --corpus bert,gpt2,vit,resnet   # + conformance models
 
 The table is measured on this machine (`mixq.targets.timing.profile_target`, what
 ``mixq profile-target`` writes); then for each model and plan (fp32, int8 under ``ort-cpu``
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -29,6 +31,19 @@ import torch
 import mixq
 from mixq import zoo
 from mixq.targets.timing import profile_target
+
+
+def _corpus(names: list[str]) -> dict[str, tuple[Any, Any, list[Any]]]:
+    """Models of the conformance corpus (tiny configs: hidden <= 64, 2 layers), PyTorch ones."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.conformance import corpus
+
+    out: dict[str, tuple[Any, Any, list[Any]]] = {}
+    for name in names:
+        model, inputs = corpus.ALL[name]()
+        if isinstance(model, torch.nn.Module):
+            out[f"corpus {name}"] = (model, inputs, [inputs])
+    return out
 
 
 def _models() -> dict[str, tuple[Any, Any, list[Any]]]:
@@ -96,6 +111,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", type=Path, help="a profile measured earlier")
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--corpus", default="", help="comma-separated conformance models")
+    parser.add_argument("--no-zoo", action="store_true", help="only the --corpus models")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,7 +125,9 @@ def main() -> None:
         print(f"{'model':<42} {'plan':<18} {'pred µs':>9} {'meas µs':>9} {'error':>7} "
               f"{'pred x':>7} {'meas x':>7}")  # fmt: skip
         errors = []
-        for label, (model, example, calib) in _models().items():
+        models = {} if args.no_zoo else _models()
+        models.update(_corpus([n for n in args.corpus.split(",") if n]))
+        for label, (model, example, calib) in models.items():
             ops = list(mixq.quantize(model, example, "fp32").plan.ops)
             predicted, paths = {}, {}
             for name, cfg in _plans(target, ops).items():

@@ -16,7 +16,7 @@ from mixq.cli.main import app
 from mixq.core.errors import ConfigError
 from mixq.targets import TargetProfile
 from mixq.targets.latency import LatencyTable, kernel_precision
-from mixq.targets.timing import BUILDERS, SIZES, profile_target
+from mixq.targets.timing import BUILDERS, SIZES, _fit, profile_target
 
 TABLE = LatencyTable(
     {
@@ -133,3 +133,14 @@ def test_cli_profile_target_writes_a_profile_other_commands_take(tmp_path):
     assert plan.exit_code == 0, (plan.output, plan.exception)
     bad = CliRunner().invoke(app, ["profile-target", "--out", str(tmp_path / "no" / "p.yaml")])
     assert bad.exit_code == 2 and "does not exist" in bad.output
+
+
+def test_the_fitted_line_keeps_small_ops_near_their_measured_time():
+    """Sizes span four orders of magnitude: a 5 % error on the largest must not move the
+    small op's prediction (an absolute least-squares fit put its fixed cost at -0.5 µs,
+    clamped to 0, predicting 1.05 µs for a 3 µs op)."""
+    points = [(1_000, 3.0), (100_000, 102.0), (10_000_000, 10_500.0)]
+    fixed, ns_per_unit = _fit(points, call_us=0.0)
+    predicted = fixed + ns_per_unit * 1_000 / 1000
+    assert predicted == pytest.approx(3.0, rel=0.1)
+    assert ns_per_unit == pytest.approx(1.0, rel=0.1)

@@ -217,10 +217,13 @@ def _seconds(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], repeats
 
 def _fit(points: list[tuple[int, float]], call_us: float) -> tuple[float, float]:
     """(fixed µs, ns per unit) of the line through (work, µs) points, the session's own
-    call time taken out; both kept >= 0."""
+    call time taken out; both kept >= 0. The sizes span three orders of magnitude, so the
+    fit weighs relative error: in absolute terms the largest point decides the line and
+    the fixed cost every small op pays comes out several times too high (tiny models were
+    predicted at 2-4x their measured latency)."""
     work = np.array([w for w, _ in points], dtype=np.float64)
     us = np.array([max(t - call_us, 0.0) for _, t in points], dtype=np.float64)
-    slope, fixed = np.polyfit(work, us, 1)
+    slope, fixed = np.polyfit(work, us, 1, w=1.0 / np.maximum(us, 1e-3))
     if slope <= 0:
         return float(us.mean()), 0.0
     return max(float(fixed), 0.0), float(slope) * 1000.0
