@@ -32,7 +32,14 @@ from mixq.rules.config import Config
 from mixq.search.entry import search
 from mixq.zoo import DigitsData, train_digits_cnn
 
-__all__ = ["DemoTable", "demo_configs", "evaluate_precision", "run_demo", "search_mixed"]
+__all__ = [
+    "DemoTable",
+    "cheapest_uniform_at",
+    "demo_configs",
+    "evaluate_precision",
+    "run_demo",
+    "search_mixed",
+]
 
 NAMING = (
     "aXwY = X-bit activations, Y-bit weights: int16 = a16w16, int8 = a8w8, w4a8 = a8w4.\n"
@@ -153,6 +160,13 @@ def _add_latency(rows: list[dict[str, Any]], exports: list[Path | str], x: np.nd
             row["ORT ms"], row["vs fp32"] = None, f"n/a: {str(exc).splitlines()[0][:60]}"
 
 
+def cheapest_uniform_at(rows: list[dict[str, Any]], accuracy: float) -> dict[str, Any] | None:
+    """The uniform row (not fp32, not mixed) with the fewest BOPs at ``accuracy`` or above."""
+    uniform = [r for r in rows if r["precision"].split()[0] not in ("fp32", "mixed")]
+    reaching = [r for r in uniform if r["accuracy %"] >= accuracy]
+    return min(reaching, key=lambda r: r["BOPs/int8"]) if reaching else None
+
+
 def _verdict(rows: list[dict[str, Any]]) -> str:
     """Whether the mixed plan beats the uniform ones, in numbers (honest either way)."""
     by = {r["precision"].split()[0]: r for r in rows}
@@ -168,6 +182,12 @@ def _verdict(rows: list[dict[str, Any]]) -> str:
         found.append(f"more accurate than int8 at {bops:.2f}x its BOPs")
     if acc > w4["accuracy %"] and bops < 1:
         found.append(f"{acc - w4['accuracy %']:.1f} points above w4a8 at {bops:.2f}x int8's BOPs")
+    cheapest = cheapest_uniform_at(rows, acc)
+    if not found and cheapest is not None and bops < cheapest["BOPs/int8"]:
+        found.append(
+            f"{acc} % (its target, the float model's) at {cheapest['BOPs/int8'] / bops:.1f}x "
+            f"fewer BOPs than the cheapest uniform plan that reaches it ({cheapest['precision']})"
+        )
     if not found:
         return "mixed: no better than a uniform plan on this run (give the search more time)."
     return "mixed: " + "; ".join(found) + "."
