@@ -277,7 +277,7 @@ def _off_against_program(m: Model, got: list[torch.Tensor], worst: float) -> str
     )
     if not same:
         return f"FAIL: differs from eager by {worst:.3g} and from torch.export's program"
-    return f"ok = torch.export (eager ±{worst:.1g})"
+    return f"ok = export ±{worst:.0e}"
 
 
 def stage_shape(m: Model) -> str:
