@@ -300,19 +300,9 @@ def stage_export(m: Model, precision: str) -> str:
     ):
         text += f" (report {fmt_db(theirs)})"
     if math.isnan(ours) or ours < 35:
-        local = _locally(report.notes)
+        local = report.local_sqnr_db
         text = f"{text} (locally >={local:.1f})" if local is not None else "LOW " + text
     return text
-
-
-def _locally(notes: list[str]) -> float | None:
-    """The local SQNR of an export whose check found every quantizer agreeing with the Sim
-    computed from ORT's own inputs (the end-to-end gap: rounding that compounds over depth)."""
-    for note in notes:
-        found = re.search(r"from ORT's own inputs \(>= ([\d.]+) dB", note)
-        if found:
-            return float(found.group(1))
-    return None
 
 
 class ByKeyword(torch.nn.Module):

@@ -204,6 +204,8 @@ def test_an_sqnr_shortfall_that_agrees_locally_passes_with_a_note():
     checked = check_outputs(["y"], want, got, 35.0, lambda: "Here. ", lambda: (70.3, None))
     assert checked.sqnr_db[0] < 35
     assert ">= 70.3 dB" in checked.notes[0] and "compound" in checked.notes[0]
+    assert checked.local_sqnr_db == 70.3
+    assert check_outputs(["y"], want, want, 35.0, None, None).local_sqnr_db is None
     with pytest.raises(ExportCheckError) as caught:
         check_outputs(["y"], want, got, 35.0, lambda: "Here. ", lambda: (12.0, "There. "))
     assert "There. The file was removed" in str(caught.value)
@@ -235,3 +237,4 @@ def test_one_step_roundings_that_compound_over_depth_do_not_fail_the_export(tmp_
     assert report.checked and (tmp_path / "bert.onnx").exists()
     if report.min_sqnr_db < 35:  # this machine's kernels rounded differently somewhere
         assert any("compound" in note for note in report.notes)
+        assert report.local_sqnr_db is not None and report.local_sqnr_db >= 35

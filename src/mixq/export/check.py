@@ -73,10 +73,12 @@ class ExportCheckError(MixqError):
 
 @dataclass
 class Checked:
-    """What a passing check measured: SQNR(Sim vs ORT) per float output, and notes."""
+    """What a passing check measured: SQNR(Sim vs ORT) per float output, notes, and where
+    the outputs passed on the local comparison, its lowest SQNR (else None)."""
 
     sqnr_db: list[float]
     notes: list[str] = field(default_factory=list)
+    local_sqnr_db: float | None = None
 
 
 def compare_values(
@@ -150,7 +152,7 @@ def check_outputs(
         except Exception as exc:  # never mask the check's own failure
             local_db, problem = math.nan, f"(the local comparison failed: {exc}) "
         if problem is None:
-            return Checked(sqnrs, [_compounding_note(min(sqnrs), local_db, min_db)])
+            return Checked(sqnrs, [_compounding_note(min(sqnrs), local_db, min_db)], local_db)
         where = problem
     where = where or (_safely(locate) if locate is not None else "")
     raise ExportCheckError(

@@ -93,6 +93,10 @@ class ExportOptions:
 class ExportReport:
     """What the export wrote and how closely ONNX Runtime reproduces the Sim.
 
+    ``local_sqnr_db`` is set where the outputs missed the threshold but every quantizer
+    agreed with the Sim computed from ORT's own inputs: that comparison's lowest SQNR (the
+    notes say so in words).
+
     Example:
         >>> print(ExportReport(Path("m.onnx"), sqnr_db=[40.0]).to_text())
         exported m.onnx (opset 21), 0 quantizers
@@ -107,6 +111,7 @@ class ExportReport:
     simulated_16bit: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     checked: bool = False
+    local_sqnr_db: float | None = None
 
     @property
     def min_sqnr_db(self) -> float:
@@ -244,6 +249,7 @@ def finish_export(
             checked = compare(report.path, options.min_sqnr_db)
             report.sqnr_db, report.checked = checked.sqnr_db, True
             report.notes += checked.notes
+            report.local_sqnr_db = checked.local_sqnr_db
         except Exception as exc:
             report.path.unlink(missing_ok=True)
             if isinstance(exc, ExportCheckError) and _saturates(options, sim):
