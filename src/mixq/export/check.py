@@ -293,14 +293,16 @@ def _known_points(
 
 
 def _quantizer_nodes(model: onnx.ModelProto) -> dict[str, str]:
-    """DequantizeLinear / rounding Cast node name -> its quantizer (the file's metadata)."""
+    """DequantizeLinear / rounding Cast node name -> its quantizer (the file's metadata); a
+    quantizer whose DequantizeLinear an integer kernel absorbed is read at its
+    QuantizeLinear (`mixq.export.io_types.ort_session` exposes that value dequantized)."""
     meta = next((p.value for p in model.metadata_props if p.key == "mixq.quantizers"), "{}")
-    return {
-        node: qname
-        for qname, nodes in json.loads(meta).items()
-        for node in nodes.values()
-        if "/DequantizeLinear" in node or node.endswith("/Cast_1")
-    }
+    out = {}
+    for qname, nodes in json.loads(meta).items():
+        last = [n for n in nodes.values() if "/DequantizeLinear" in n or n.endswith("/Cast_1")]
+        last = last or [n for n in nodes.values() if n.endswith("/QuantizeLinear")]
+        out.update(dict.fromkeys(last, qname))
+    return out
 
 
 def _quantizer_points(sim: Any, runner: Any, run: Any) -> dict[str, Any]:

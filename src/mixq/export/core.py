@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -31,7 +32,10 @@ import onnx
 from mixq.core.errors import MixqError
 from mixq.export.check import DEFAULT_MIN_SQNR_DB, Checked, ExportCheckError
 from mixq.export.onnx_edit import exclude_pool_overhang
+from mixq.export.ort_kernels import fold_castlike_constants, fuse_integer_linears
 from mixq.sim.protocol import SimLike
+from mixq.targets.kernels import TO_FLOAT
+from mixq.targets.loading import load_target
 
 __all__ = [
     "OPSET",
@@ -216,6 +220,22 @@ def _saturates(options: ExportOptions, sim: SimLike) -> bool:
     return int8_weights and not options.resolved_u8_weights() and not has_vnni()
 
 
+def _retarget(model: onnx.ModelProto, report: ExportReport, removed: dict[str, str]) -> None:
+    """Point the report and the file's ``mixq.quantizers`` metadata at the fused nodes that
+    replaced DequantizeLinear nodes (`mixq.export.ort_kernels.fuse_integer_linears`)."""
+    if not removed:
+        return
+    for roles in report.quantizers.values():
+        for role, node in list(roles.items()):
+            if node in removed:
+                del roles[role]
+                roles.setdefault("MatMulIntegerToFloat", removed[node])
+    meta = [p for p in model.metadata_props if p.key != "mixq.quantizers"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(meta)
+    model.metadata_props.add(key="mixq.quantizers", value=json.dumps(report.quantizers))
+
+
 def _is_not_implemented(exc: Exception) -> bool:
     return "NOT_IMPLEMENTED" in str(exc) or "NotImplemented" in type(exc).__name__
 
@@ -241,6 +261,9 @@ def finish_export(
     """
     options = check if isinstance(check, ExportOptions) else ExportOptions(check=check)
     exclude_pool_overhang(model.graph)
+    fold_castlike_constants(model)
+    if load_target(sim.plan.target).kernel("linear") == TO_FLOAT:
+        _retarget(model, report, fuse_integer_linears(model))
     onnx.checker.check_model(model)
     save_model(model, report.path)
     report.simulated_16bit = _simulated_16bit(sim)

@@ -208,8 +208,9 @@ def ort_session(path: Any, extra: Sequence[str] = ()) -> OrtSession:
     Inputs are converted to the file's input types (fp16, bf16); fp16 / bf16 outputs are
     read back as float32 (bf16 through a Cast added to the session's copy of the model,
     as NumPy has no bf16). ``extra`` names intermediate values to return after the outputs,
-    as float32, each through a Cast made a graph output of the session's copy: ORT then no
-    longer fuses the nodes around them, so they locate a difference rather than measure it.
+    as float32, each through a Cast (a QuantizeLinear's output: its DequantizeLinear) made a
+    graph output of the session's copy: ORT then no longer fuses the nodes around them, so
+    they locate a difference rather than measure it.
 
     Example:
         >>> # run = ort_session("model.onnx"); outputs = run([x]); run.names
@@ -219,11 +220,23 @@ def ort_session(path: Any, extra: Sequence[str] = ()) -> OrtSession:
     bf16 = {o.name for o in model.graph.output if o.type.tensor_type.elem_type == _BF16}
     widen = bf16 | set(extra)
     wide = {n: f"{n}/mixq_check_fp32" for n in [*names, *extra] if n in widen}
+    quantized = {o: n for n in model.graph.node if n.op_type == "QuantizeLinear" for o in n.output}
     for name, to_fp32 in wide.items():
-        model.graph.node.append(helper.make_node("Cast", [name], [to_fp32], to=TensorProto.FLOAT))
+        model.graph.node.append(_as_float(name, to_fp32, quantized.get(name)))
         model.graph.output.append(helper.make_tensor_value_info(to_fp32, TensorProto.FLOAT, None))
     source = model.SerializeToString() if wide else str(path)
     return OrtSession(source, names, [wide.get(n, n) for n in [*names, *extra]])
+
+
+def _as_float(name: str, out: str, quantize: onnx.NodeProto | None) -> onnx.NodeProto:
+    """A node reading ``name`` as float32: a Cast, or for a QuantizeLinear's output the
+    DequantizeLinear of the same scale (the value a Q/DQ pair would have passed on)."""
+    if quantize is None:
+        return helper.make_node("Cast", [name], [out], to=TensorProto.FLOAT)
+    axis = [a for a in quantize.attribute if a.name in ("axis", "block_size")]
+    dq = helper.make_node("DequantizeLinear", [name, *quantize.input[1:3]], [out])
+    dq.attribute.extend(axis)
+    return dq
 
 
 def _feed(array: np.ndarray, ort_type: str) -> Any:
