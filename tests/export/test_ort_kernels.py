@@ -119,6 +119,22 @@ def test_a_16_bit_weight_is_left_as_qdq():
     assert "MatMul" in [n.op_type for n in model.graph.node]
 
 
+def test_signed_activations_with_unsigned_weights_stay_qdq():
+    """ORT has MatMulIntegerToFloat for u8 x s8, u8 x u8 and s8 x s8, not s8 x u8 (an int8
+    activation plan exported with u8_weights on a CPU without VNNI)."""
+    model = _linear_model(True)
+    for name, value in (("w", None), ("w_zero", np.full(N, 128, np.uint8)),
+                        ("x_zero", np.array(0, np.int8))):  # fmt: skip
+        init = next(i for i in model.graph.initializer if i.name == name)
+        array = (
+            (nh.to_array(init).astype(np.int16) + 128).astype(np.uint8) if value is None else value
+        )
+        init.CopyFrom(nh.from_array(array, name))
+    before = model.SerializeToString()
+    assert fuse_integer_linears(model) == {}
+    assert model.SerializeToString() == before
+
+
 def test_constant_castlike_is_folded_so_ort_folds_the_attention_scale(tmp_path):
     """The torch exporter's SDPA: q * sqrt(CastLike(scale, q)) before the MatMul."""
     nodes = [

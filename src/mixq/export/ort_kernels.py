@@ -138,6 +138,8 @@ def _linears(g: _Graph) -> list[_Linear]:
         if a_scale is None or a_zp is None or a_scale.size != 1 or a_zp.dtype.itemsize != 1:
             continue
         dq, transpose, kn, scale, zp = weight
+        if a_zp.dtype == np.int8 and kn.dtype == np.uint8:
+            continue  # ORT has no s8 x u8 kernel (u8 x s8, u8 x u8 and s8 x s8 it has)
         add, bias = _bias(g, node, kn.shape[1])
         found.append(_Linear(node, act_dq, dq, transpose, kn, scale, zp, add, bias))
     return found
