@@ -43,6 +43,7 @@ class _Graph:
         self.graph = graph
         self.producer = {o: n for n in graph.node for o in n.output}
         self.readers = Counter(i for n in graph.node for i in n.input)
+        self.reader_nodes = {i: n for n in graph.node for i in n.input}  # the last reader
         self.readers.update(o.name for o in graph.output)
         self.inits = {i.name: i for i in graph.initializer}
 
@@ -115,8 +116,8 @@ def _bias(g: _Graph, matmul: onnx.NodeProto, n: int) -> tuple[onnx.NodeProto | N
     out = matmul.output[0]
     if not g.only_reader(out) or out in {o.name for o in g.graph.output}:
         return None, ""
-    add = next((x for x in g.graph.node if x.op_type == "Add" and out in x.input), None)
-    if add is None:
+    add = g.reader_nodes.get(out)
+    if add is None or add.op_type != "Add":
         return None, ""
     other = add.input[1] if add.input[0] == out else add.input[0]
     value = g.const(other)
@@ -138,6 +139,8 @@ def _linears(g: _Graph) -> list[_Linear]:
         if a_scale is None or a_zp is None or a_scale.size != 1 or a_zp.dtype.itemsize != 1:
             continue
         dq, transpose, kn, scale, zp = weight
+        if a_scale.dtype != np.float32 or scale.dtype != np.float32:
+            continue  # the kernel computes in float32
         if a_zp.dtype == np.int8 and kn.dtype == np.uint8:
             continue  # ORT has no s8 x u8 kernel (u8 x s8, u8 x u8 and s8 x s8 it has)
         add, bias = _bias(g, node, kn.shape[1])
@@ -158,28 +161,37 @@ def fuse_integer_linears(model: onnx.ModelProto) -> dict[str, str]:
     g = _Graph(model.graph)
     linears = _linears(g)
     removed: dict[str, str] = {}
-    drop: set[int] = set()
+    drop: set[str] = set()  # nodes by their first output (names are optional, outputs unique)
+    after: dict[str, onnx.NodeProto] = {}  # the fused node goes where its last node was
     for lin in linears:
         fused = _fused_node(model.graph, lin)
-        position = list(model.graph.node).index(lin.bias_add or lin.matmul)
-        model.graph.node.insert(position + 1, fused)
+        after[(lin.bias_add or lin.matmul).output[0]] = fused
         for node in (lin.matmul, lin.weight_dq, lin.transpose, lin.bias_add):
             if node is not None:
-                drop.add(id(node))
+                drop.add(node.output[0])
         removed[lin.weight_dq.name] = fused.name
         g.readers[lin.act_dq.output[0]] -= 1
         if g.readers[lin.act_dq.output[0]] == 0:
-            drop.add(id(lin.act_dq))
+            drop.add(lin.act_dq.output[0])
             removed.setdefault(lin.act_dq.name, fused.name)
-    read = {i for n in model.graph.node if id(n) in drop for i in n.input}
-    kept = [n for n in model.graph.node if id(n) not in drop]
+    read = {i for n in model.graph.node if _key(n) in drop for i in n.input}
+    nodes = []
+    for node in model.graph.node:
+        if _key(node) not in drop:
+            nodes.append(node)
+        if _key(node) in after:
+            nodes.append(after[_key(node)])
     del model.graph.node[:]
-    model.graph.node.extend(kept)
+    model.graph.node.extend(nodes)
     if linears:
         _drop_unread(model.graph, read)
         if not any(o.domain == _MS_DOMAIN for o in model.opset_import):
             model.opset_import.append(helper.make_opsetid(_MS_DOMAIN, 1))
     return removed
+
+
+def _key(node: onnx.NodeProto) -> str:
+    return node.output[0] if node.output else ""
 
 
 def _fused_node(graph: onnx.GraphProto, lin: _Linear) -> onnx.NodeProto:
@@ -190,7 +202,7 @@ def _fused_node(graph: onnx.GraphProto, lin: _Linear) -> onnx.NodeProto:
     graph.initializer.extend(
         [
             numpy_helper.from_array(lin.weight_kn, weights),
-            numpy_helper.from_array(lin.scale.reshape(-1).astype(np.float32), scale),
+            numpy_helper.from_array(lin.scale.reshape(-1), scale),
             numpy_helper.from_array(lin.zero_point.reshape(-1), zp),
         ]
     )
