@@ -22,7 +22,11 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 
 import mixq
-from mixq.export.ort_kernels import fold_castlike_constants, fuse_integer_linears
+from mixq.export.ort_kernels import (
+    fold_castlike_constants,
+    fuse_integer_linears,
+    unfuse_residual_norms,
+)
 
 pytestmark = pytest.mark.onnx
 
@@ -162,6 +166,51 @@ def test_constant_castlike_is_folded_so_ort_folds_the_attention_scale(tmp_path):
     np.testing.assert_allclose(run(model, tmp_path / "after.onnx"), before, rtol=1e-6)
     kinds = {n.op_type for n in onnx.load(str(tmp_path / "after.onnx")).graph.node}
     assert "Mul" not in kinds and "FusedMatMul" in kinds, kinds
+
+
+def test_a_residual_add_before_a_layer_norm_becomes_a_sum_ort_does_not_fuse(tmp_path):
+    """ORT 1.32's SkipLayerNormalization (its fusion of Add + LayerNormalization) ran 4x
+    slower on CPU than the two ops; a bias add (a constant input) stays an Add."""
+    shape = [2, 8, K]
+    nodes = [
+        h.make_node("Add", ["x", "r"], ["s"]),
+        h.make_node("LayerNormalization", ["s", "g", "b"], ["n"], axis=-1),
+        h.make_node("Add", ["n", "b"], ["nb"]),
+        h.make_node("LayerNormalization", ["nb", "g", "b"], ["y"], axis=-1),
+    ]
+    inits = [
+        nh.from_array(np.ones(K, np.float32), "g"),
+        nh.from_array(np.zeros(K, np.float32), "b"),
+    ]
+    io = [h.make_tensor_value_info(n, T.FLOAT, shape) for n in ("x", "r")]
+    graph = h.make_graph(nodes, "g", io, [h.make_tensor_value_info("y", T.FLOAT, shape)], inits)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 21)])
+    rng = np.random.default_rng(4)
+    feeds = {n: rng.standard_normal(shape).astype(np.float32) for n in ("x", "r")}
+
+    def run(path: Path) -> np.ndarray:
+        opts = ort.SessionOptions()
+        opts.optimized_model_filepath = str(path)
+        sess = ort.InferenceSession(
+            model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+        )
+        return sess.run(None, feeds)[0]
+
+    before = run(tmp_path / "before.onnx")
+    assert "SkipLayerNormalization" in {
+        n.op_type for n in onnx.load(str(tmp_path / "before.onnx")).graph.node
+    }
+    assert unfuse_residual_norms(model) == 1
+    assert [n.op_type for n in model.graph.node] == [
+        "Sum",
+        "LayerNormalization",
+        "Add",
+        "LayerNormalization",
+    ]
+    np.testing.assert_allclose(run(tmp_path / "after.onnx"), before, rtol=1e-5, atol=1e-5)
+    assert "SkipLayerNormalization" not in {
+        n.op_type for n in onnx.load(str(tmp_path / "after.onnx")).graph.node
+    }
 
 
 class _Block(torch.nn.Module):

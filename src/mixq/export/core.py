@@ -32,7 +32,11 @@ import onnx
 from mixq.core.errors import MixqError
 from mixq.export.check import DEFAULT_MIN_SQNR_DB, Checked, ExportCheckError
 from mixq.export.onnx_edit import exclude_pool_overhang
-from mixq.export.ort_kernels import fold_castlike_constants, fuse_integer_linears
+from mixq.export.ort_kernels import (
+    fold_castlike_constants,
+    fuse_integer_linears,
+    unfuse_residual_norms,
+)
 from mixq.sim.protocol import SimLike
 from mixq.targets.kernels import TO_FLOAT
 from mixq.targets.loading import load_target
@@ -264,6 +268,7 @@ def finish_export(
     fold_castlike_constants(model)
     if load_target(sim.plan.target).kernel("linear") == TO_FLOAT:
         _retarget(model, report, fuse_integer_linears(model))
+        unfuse_residual_norms(model)
     onnx.checker.check_model(model)
     save_model(model, report.path)
     report.simulated_16bit = _simulated_16bit(sim)
