@@ -1,9 +1,11 @@
 """Files written for ONNX Runtime's CPU kernels (`mixq.export.ort_kernels`): a Q/DQ linear
-with its bias becomes one MatMulIntegerToFloat, a constant CastLike a constant; both exact.
+with its bias becomes one MatMulIntegerToFloat, a constant CastLike a constant, a residual
+Add before a LayerNorm a Sum; all exact.
 
 Without them ORT ran every int8 linear's bias Add on its own (and the GELU after it as
-BiasGelu), and kept attention's scale as two Muls: on the real MiniLM the int8 file ran at
-1.04x ORT's dynamic quantization, and at 0.93-0.97x with them (bench/peers.py).
+BiasGelu), kept attention's scale as two Muls and ran its slow SkipLayerNormalization: the
+real MiniLM's int8 file ran at 1.03-1.04x ORT's dynamic quantization (paired in one process),
+0.93-0.97x with the first two rewrites and 0.74x with all three.
 """
 
 from __future__ import annotations
@@ -169,7 +171,7 @@ def test_constant_castlike_is_folded_so_ort_folds_the_attention_scale(tmp_path):
 
 
 def test_a_residual_add_before_a_layer_norm_becomes_a_sum_ort_does_not_fuse(tmp_path):
-    """ORT 1.32's SkipLayerNormalization (its fusion of Add + LayerNormalization) ran 4x
+    """ORT 1.32's SkipLayerNormalization (its fusion of Add + LayerNormalization) ran 4-7x
     slower on CPU than the two ops; a bias add (a constant input) stays an Add."""
     shape = [2, 8, K]
     nodes = [

@@ -234,10 +234,8 @@ def _retarget(model: onnx.ModelProto, report: ExportReport, removed: dict[str, s
             if node in removed:
                 del roles[role]
                 roles.setdefault("MatMulIntegerToFloat", removed[node])
-    meta = [p for p in model.metadata_props if p.key != "mixq.quantizers"]
-    del model.metadata_props[:]
-    model.metadata_props.extend(meta)
-    model.metadata_props.add(key="mixq.quantizers", value=json.dumps(report.quantizers))
+    meta = next(p for p in model.metadata_props if p.key == "mixq.quantizers")
+    meta.value = json.dumps(report.quantizers)
 
 
 def _is_not_implemented(exc: Exception) -> bool:

@@ -35,6 +35,7 @@ __all__ = [
     "cast_target",
     "complete_io_types",
     "exclude_pool_overhang",
+    "inferred_values",
     "initializer",
     "subgraph_inputs",
 ]
@@ -78,7 +79,9 @@ def _has_shape(value: onnx.ValueInfoProto) -> bool:
     return tensor.elem_type != 0 and tensor.HasField("shape")
 
 
-def _inferred(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+def inferred_values(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    """Graph inputs, outputs and values with what ONNX's shape inference knows of them
+    (empty where inference fails; ``model`` is not changed)."""
     try:
         graph = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
     except Exception:  # inference is a refinement: a run of the Sim gives the rank anyway
@@ -102,7 +105,7 @@ def complete_io_types(
         2
     """
     missing = [v for v in values if not _has_shape(v)]
-    inferred = _inferred(model) if missing else {}
+    inferred = inferred_values(model) if missing else {}
     arrays: Mapping[str, np.ndarray] | None = None
     for value in missing:
         known = inferred.get(value.name)
