@@ -37,6 +37,7 @@ from mixq.export.ort_kernels import (
     fuse_integer_linears,
     unfuse_residual_norms,
 )
+from mixq.export.ort_nbits import fuse_nbits_linears, pack_4bit_weights
 from mixq.sim.protocol import SimLike
 from mixq.targets.kernels import TO_FLOAT
 from mixq.targets.loading import load_target
@@ -233,7 +234,7 @@ def _retarget(model: onnx.ModelProto, report: ExportReport, removed: dict[str, s
         for role, node in list(roles.items()):
             if node in removed:
                 del roles[role]
-                roles.setdefault("MatMulIntegerToFloat", removed[node])
+                roles.setdefault(removed[node].rsplit("/", 1)[-1], removed[node])
     meta = next(p for p in model.metadata_props if p.key == "mixq.quantizers")
     meta.value = json.dumps(report.quantizers)
 
@@ -264,8 +265,9 @@ def finish_export(
     options = check if isinstance(check, ExportOptions) else ExportOptions(check=check)
     exclude_pool_overhang(model.graph)
     fold_castlike_constants(model)
+    pack_4bit_weights(model)
     if load_target(sim.plan.target).kernel("linear") == TO_FLOAT:
-        _retarget(model, report, fuse_integer_linears(model))
+        _retarget(model, report, {**fuse_integer_linears(model), **fuse_nbits_linears(model)})
         unfuse_residual_norms(model)
     onnx.checker.check_model(model)
     save_model(model, report.path)

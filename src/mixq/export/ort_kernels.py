@@ -36,12 +36,22 @@ from onnx import helper, numpy_helper
 from mixq.export.onnx_edit import cast_target, inferred_values
 from mixq.sim.onnx.capture import constant_names, prune_dead_nodes, subgraph_inputs
 
-__all__ = ["fold_castlike_constants", "fuse_integer_linears", "unfuse_residual_norms"]
+__all__ = [
+    "MS_DOMAIN",
+    "GraphIndex",
+    "bias_add",
+    "drop_unread",
+    "fold_castlike_constants",
+    "fuse_integer_linears",
+    "node_key",
+    "splice",
+    "unfuse_residual_norms",
+]
 
-_MS_DOMAIN = "com.microsoft"
+MS_DOMAIN = "com.microsoft"
 
 
-class _Graph:
+class GraphIndex:
     """Lookups over one graph: producers, reader counts, constant values."""
 
     def __init__(self, graph: onnx.GraphProto) -> None:
@@ -90,7 +100,7 @@ def _axis(node: onnx.NodeProto) -> int:
     return next((a.i for a in node.attribute if a.name == "axis"), 1)
 
 
-def _weight(g: _Graph, name: str) -> tuple | None:
+def _weight(g: GraphIndex, name: str) -> tuple | None:
     """(DQ, Transpose or None, [K, N] weights, scale, zero point) of a MatMul's B input."""
     transpose = g.made_by(name, "Transpose")
     if transpose is not None:
@@ -115,7 +125,7 @@ def _weight(g: _Graph, name: str) -> tuple | None:
     return dq, transpose, np.ascontiguousarray(kn), scale, zp
 
 
-def _bias(g: _Graph, matmul: onnx.NodeProto, n: int) -> tuple[onnx.NodeProto | None, str]:
+def bias_add(g: GraphIndex, matmul: onnx.NodeProto, n: int) -> tuple[onnx.NodeProto | None, str]:
     """The Add reading only ``matmul``'s output with a constant [N] bias, and that bias."""
     out = matmul.output[0]
     if not g.only_reader(out):  # a graph output counts as a reader
@@ -130,7 +140,7 @@ def _bias(g: _Graph, matmul: onnx.NodeProto, n: int) -> tuple[onnx.NodeProto | N
     return add, other
 
 
-def _linears(g: _Graph) -> list[_Linear]:
+def _linears(g: GraphIndex) -> list[_Linear]:
     found = []
     for node in g.graph.node:
         if node.op_type != "MatMul":
@@ -147,7 +157,7 @@ def _linears(g: _Graph) -> list[_Linear]:
             continue  # the kernel computes in float32
         if a_zp.dtype == np.int8 and kn.dtype == np.uint8:
             continue  # ORT has no s8 x u8 kernel (u8 x s8, u8 x u8 and s8 x s8 it has)
-        add, bias = _bias(g, node, kn.shape[1])
+        add, bias = bias_add(g, node, kn.shape[1])
         found.append(_Linear(node, act_dq, dq, transpose, kn, scale, zp, add, bias))
     return found
 
@@ -162,7 +172,7 @@ def fuse_integer_linears(model: onnx.ModelProto) -> dict[str, str]:
     Example:
         >>> # fuse_integer_linears(model)  # {"fc/DequantizeLinear": "fc/MatMulIntegerToFloat"}
     """
-    g = _Graph(model.graph)
+    g = GraphIndex(model.graph)
     linears = _linears(g)
     removed: dict[str, str] = {}
     drop: set[str] = set()  # nodes by their first output (names are optional, outputs unique)
@@ -178,24 +188,32 @@ def fuse_integer_linears(model: onnx.ModelProto) -> dict[str, str]:
         if g.readers[lin.act_dq.output[0]] == 0:
             drop.add(lin.act_dq.output[0])
             removed.setdefault(lin.act_dq.name, fused.name)
-    read = {i for n in model.graph.node if _key(n) in drop for i in n.input}
-    nodes = []
-    for node in model.graph.node:
-        if _key(node) not in drop:
-            nodes.append(node)
-        if _key(node) in after:
-            nodes.append(after[_key(node)])
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    if linears:
-        _drop_unread(model.graph, read)
-        if not any(o.domain == _MS_DOMAIN for o in model.opset_import):
-            model.opset_import.append(helper.make_opsetid(_MS_DOMAIN, 1))
+    splice(model, drop, after)
     return removed
 
 
-def _key(node: onnx.NodeProto) -> str:
+def node_key(node: onnx.NodeProto) -> str:
+    """A node's identity for `splice` (names are optional, first outputs unique)."""
     return node.output[0] if node.output else ""
+
+
+def splice(model: onnx.ModelProto, drop: set[str], after: dict[str, onnx.NodeProto]) -> None:
+    """Remove the nodes keyed in ``drop`` and put each fused node of ``after`` where the node
+    with its key was; then drop what only the removed nodes read, and declare the
+    com.microsoft domain (in place)."""
+    read = {i for n in model.graph.node if node_key(n) in drop for i in n.input}
+    nodes = []
+    for node in model.graph.node:
+        if node_key(node) not in drop:
+            nodes.append(node)
+        if node_key(node) in after:
+            nodes.append(after[node_key(node)])
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    if after:
+        drop_unread(model.graph, read)
+        if not any(o.domain == MS_DOMAIN for o in model.opset_import):
+            model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
 
 
 def _fused_node(graph: onnx.GraphProto, lin: _Linear) -> onnx.NodeProto:
@@ -213,10 +231,10 @@ def _fused_node(graph: onnx.GraphProto, lin: _Linear) -> onnx.NodeProto:
     a = lin.act_dq.input
     inputs = [a[0], weights, a[1], scale, a[2], zp] + ([lin.bias] if lin.bias_add else [])
     output = (lin.bias_add or lin.matmul).output[0]
-    return helper.make_node("MatMulIntegerToFloat", inputs, [output], name=name, domain=_MS_DOMAIN)
+    return helper.make_node("MatMulIntegerToFloat", inputs, [output], name=name, domain=MS_DOMAIN)
 
 
-def _drop_unread(graph: onnx.GraphProto, names: set[str]) -> None:
+def drop_unread(graph: onnx.GraphProto, names: set[str]) -> None:
     """Drop what only the replaced nodes read: their initializers and, through
     `prune_dead_nodes`, the typed-constant Casts the torch exporter puts before weights (so
     the file does not hold its weights twice)."""
@@ -237,7 +255,7 @@ def fold_castlike_constants(model: onnx.ModelProto) -> int:
     """
     if not any(n.op_type == "CastLike" for n in model.graph.node):
         return 0  # spare the type inference
-    g = _Graph(model.graph)
+    g = GraphIndex(model.graph)
     types = _elem_types(model)
     folded = 0
     for i, node in enumerate(model.graph.node):
@@ -270,7 +288,7 @@ def unfuse_residual_norms(model: onnx.ModelProto) -> int:
     Example:
         >>> # unfuse_residual_norms(model)  # 13 on a 6-layer BERT
     """
-    g = _Graph(model.graph)
+    g = GraphIndex(model.graph)
     count = 0
     for node in model.graph.node:
         if node.op_type != "LayerNormalization":
