@@ -479,6 +479,7 @@ class Row:
     ms: float = float("nan")
     ratio: float = float("nan")
     bits: float = float("nan")
+    mb: float = float("nan")
     search_s: float | None = None
     note: str = ""
 
@@ -537,21 +538,29 @@ def run_case(case: Case, args: argparse.Namespace, tmp: Path) -> list[Row]:
             t_base, t_row = paired_latency(base, sess, lat, args.rounds)
             row.ms, row.ratio = t_row * 1e3, t_row / t_base
             row.bits, _ = mac_weighted_bits(row.path, lat)
+            row.mb = file_mb(row.path)
         except Exception as e:
             row.note += f" MEASURE FAILED: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
     return rows
 
 
+def file_mb(path: Path) -> float:
+    """The model's size on disk in MB, its external data file included."""
+    files = [path, path.with_name(path.name + ".data")]
+    return sum(f.stat().st_size for f in files if f.exists()) / 1e6
+
+
 def table(case: Case, rows: list[Row]) -> str:
     head = ("| plan | cos mean / min | ORT latency (ms, x fp32) | MAC-weighted bits A×W | "
-            "search s | notes |\n|---|---|---|---|---|---|")  # fmt: skip
+            "file MB | search s | notes |\n|---|---|---|---|---|---|---|")  # fmt: skip
     lines = [f"**{case.name}**", "", head]
     for r in rows:
         cos = f"{r.cos.mean():.4f} / {r.cos.min():.4f}" if r.cos is not None else "–"
         lat = f"{r.ms:.1f} ms, {r.ratio:.2f}×" if r.ratio == r.ratio else "–"
         bits = f"{r.bits:.1f}" if r.bits == r.bits else "–"
+        mb = f"{r.mb:.1f}" if r.mb == r.mb else "–"
         s = f"{r.search_s:.0f}" if r.search_s is not None else "–"
-        lines.append(f"| {r.name} | {cos} | {lat} | {bits} | {s} | {r.note} |")
+        lines.append(f"| {r.name} | {cos} | {lat} | {bits} | {mb} | {s} | {r.note} |")
     return "\n".join(lines)
 
 

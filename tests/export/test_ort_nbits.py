@@ -21,7 +21,8 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 
 import mixq
-from mixq.export.ort_nbits import fuse_nbits_linears, pack_4bit_weights
+from mixq.export.ort_nbits import fuse_nbits_linears
+from mixq.export.weight_storage import store_integer_weights
 
 pytestmark = pytest.mark.onnx
 
@@ -134,7 +135,7 @@ def test_asymmetric_short_block_weights_fuse_exactly(transposed):
     x = np.random.default_rng(1).standard_normal((2, 5, 40)).astype(np.float32)
     want = _run(model, x)
 
-    assert pack_4bit_weights(model) == 2
+    assert store_integer_weights(model) == 2
     assert _four_bit_casts(model) == 0
     np.testing.assert_array_equal(_run(model, x), want)
     assert fuse_nbits_linears(model) == {"fc/DequantizeLinear": "fc/MatMulNBits"}
@@ -150,6 +151,6 @@ def test_blocks_across_output_channels_stay_qdq():
     for t in model.graph.initializer:
         if t.name in ("s", "z8"):  # [K, N / 16] now
             t.CopyFrom(nh.from_array(np.ones((40, 2), nh.to_array(t).dtype), t.name))
-    pack_4bit_weights(model)
+    store_integer_weights(model)
     assert fuse_nbits_linears(model) == {}
     assert Counter(n.op_type for n in model.graph.node)["MatMul"] == 1

@@ -35,8 +35,10 @@ def test_float_units_are_fixed_and_integer_units_offer_fp32(bert_space):
     by_kind = {}
     for u in space.units.values():
         by_kind.setdefault(u.kind, []).append(u)
-    for kind in ("layer_norm", "softmax", "gelu", "add", "embedding"):
+    for kind in ("layer_norm", "softmax", "gelu", "add"):
         assert all(u.fixed and u.options == [FP32] for u in by_kind[kind]), kind
+    # a lookup table stays 8-bit (the export gathers its integer rows), computed in float
+    assert all(u.fixed and u.options == [Candidate("fp32", "int8")] for u in by_kind["embedding"])
     for kind in ("linear", "matmul"):
         assert all(not u.fixed and u.style == "to_float" for u in by_kind[kind]), kind
         assert all(u.options[:2] == [INT8, FP32] for u in by_kind[kind]), kind  # fp32 < int16

@@ -5,6 +5,8 @@ their shape, and that the cost model adds up what the table says."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import onnx
 import onnxruntime as ort
 import pytest
@@ -144,3 +146,37 @@ def test_the_fitted_line_keeps_small_ops_near_their_measured_time():
     predicted = fixed + ns_per_unit * 1_000 / 1000
     assert predicted == pytest.approx(3.0, rel=0.1)
     assert ns_per_unit == pytest.approx(1.0, rel=0.1)
+
+
+def _op_us(kind: str, weight: str, stats: Any) -> float:
+    from dataclasses import replace
+
+    from mixq.plan import OpPlan
+    from mixq.plan.cost import op_cost
+
+    profile = replace(TargetProfile.load("ort-cpu"), latency=TABLE)
+    op = OpPlan("op", kind, "op", ("fp32",) * len(stats.inputs), ("fp32",), {"weight": weight})
+    return op_cost(op, stats, profile)["latency"]
+
+
+def test_an_embedding_table_dequantizes_only_the_rows_it_gathers():
+    from mixq.plan.cost import OpStats
+
+    # 10 rows of 64 gathered from a 50000 x 64 table: 640 elements dequantized, not 3.2 M
+    stats = OpStats(elements=640, weights={"emb.w": 3_200_000}, roles={"weight": "emb.w"})
+    fp32 = _op_us("embedding", "fp32", stats)
+    assert _op_us("embedding", "int8", stats) == pytest.approx(fp32 + 0.64)
+    assert _op_us("embedding", "int4", stats) == pytest.approx(fp32 + 3200)  # ORT gathers no int4
+
+
+def test_an_attention_pays_for_its_scores_and_a_mask():
+    from mixq.plan.cost import OpStats
+
+    ins = {t: 4 * 12 * 48 * 32 for t in "qkv"}
+    bare = OpStats(macs=10**6, elements=ins["q"], inputs=ins, scores=110_592)
+    masked = OpStats(**{**bare.__dict__, "masked": True})
+    matmuls = TABLE.op_us("attention", "fp32", 10**6)
+    softmax = TABLE.op_us("softmax", "fp32", 110_592)
+    assert _op_us("attention", "fp32", bare) == pytest.approx(matmuls + softmax)
+    extra = 3 * TABLE.op_us("add", "fp32", 110_592)  # the mask's add, IsNaN, Where
+    assert _op_us("attention", "fp32", masked) == pytest.approx(matmuls + softmax + extra)

@@ -32,12 +32,14 @@ import onnx
 from mixq.core.errors import MixqError
 from mixq.export.check import DEFAULT_MIN_SQNR_DB, Checked, ExportCheckError
 from mixq.export.onnx_edit import exclude_pool_overhang
+from mixq.export.ort_gather import gather_quantized_rows
 from mixq.export.ort_kernels import (
     fold_castlike_constants,
     fuse_integer_linears,
     unfuse_residual_norms,
 )
-from mixq.export.ort_nbits import fuse_nbits_linears, pack_4bit_weights
+from mixq.export.ort_nbits import fuse_nbits_linears
+from mixq.export.weight_storage import store_integer_weights
 from mixq.sim.protocol import SimLike
 from mixq.targets.kernels import TO_FLOAT
 from mixq.targets.loading import load_target
@@ -265,9 +267,10 @@ def finish_export(
     options = check if isinstance(check, ExportOptions) else ExportOptions(check=check)
     exclude_pool_overhang(model.graph)
     fold_castlike_constants(model)
-    pack_4bit_weights(model)
+    store_integer_weights(model)
     if load_target(sim.plan.target).kernel("linear") == TO_FLOAT:
-        _retarget(model, report, {**fuse_integer_linears(model), **fuse_nbits_linears(model)})
+        fused = {**fuse_integer_linears(model), **fuse_nbits_linears(model)}
+        _retarget(model, report, {**fused, **gather_quantized_rows(model)})
         unfuse_residual_norms(model)
     onnx.checker.check_model(model)
     save_model(model, report.path)

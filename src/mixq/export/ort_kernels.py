@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -197,23 +198,30 @@ def node_key(node: onnx.NodeProto) -> str:
     return node.output[0] if node.output else ""
 
 
-def splice(model: onnx.ModelProto, drop: set[str], after: dict[str, onnx.NodeProto]) -> None:
-    """Remove the nodes keyed in ``drop`` and put each fused node of ``after`` where the node
-    with its key was; then drop what only the removed nodes read, and declare the
-    com.microsoft domain (in place)."""
+def splice(
+    model: onnx.ModelProto,
+    drop: set[str],
+    after: Mapping[str, onnx.NodeProto | list[onnx.NodeProto]],
+) -> None:
+    """Remove the nodes keyed in ``drop`` and put the new nodes of ``after`` where the node
+    with their key was; then drop what only the removed nodes read, and declare the
+    com.microsoft domain where a new node is in it (in place)."""
     read = {i for n in model.graph.node if node_key(n) in drop for i in n.input}
+    added = [n for v in after.values() for n in (v if isinstance(v, list) else [v])]
     nodes = []
     for node in model.graph.node:
         if node_key(node) not in drop:
             nodes.append(node)
-        if node_key(node) in after:
-            nodes.append(after[node_key(node)])
+        new = after.get(node_key(node))
+        if new is not None:
+            nodes.extend(new if isinstance(new, list) else [new])
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     if after:
         drop_unread(model.graph, read)
-        if not any(o.domain == MS_DOMAIN for o in model.opset_import):
-            model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    domains = {o.domain for o in model.opset_import}
+    if any(n.domain == MS_DOMAIN for n in added) and MS_DOMAIN not in domains:
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
 
 
 def _fused_node(graph: onnx.GraphProto, lin: _Linear) -> onnx.NodeProto:

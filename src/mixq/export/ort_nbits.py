@@ -1,10 +1,7 @@
-"""4-bit weights as ONNX Runtime runs them fast, and as small as they are.
+"""Linears with 4-bit weights as ONNX Runtime runs them fast (``ort-cpu``).
 
-- `pack_4bit_weights` (every target): the torch exporter cannot hold 4-bit tensors, so it
-  writes a 4-bit weight as an int16 initializer and a ``Cast`` to INT4 / UINT4. The file was
-  then larger than with int8 weights, and every run cast the whole weight. Each such weight
-  (and zero point) becomes a packed INT4 / UINT4 initializer.
-- `fuse_nbits_linears` (``ort-cpu``): a MatMul whose weight is ``DQ(4-bit constant)``
+Run after `mixq.export.weight_storage.store_integer_weights` (4-bit weights as INT4 / UINT4
+initializers): `fuse_nbits_linears` (``ort-cpu``): a MatMul whose weight is ``DQ(4-bit constant)``
   (through the ``Transpose`` of a torch Linear) becomes one ``com.microsoft.MatMulNBits``
   that also adds the bias. Left as Q/DQ, ORT dequantized the whole weight on every run (a
   DequantizeLinear is not constant-folded), so the real MiniLM with int4 weights ran 3.4x
@@ -18,8 +15,8 @@
 Example:
     >>> from onnx import helper
     >>> model = helper.make_model(helper.make_graph([], "empty", [], []))
-    >>> pack_4bit_weights(model), fuse_nbits_linears(model)
-    (0, {})
+    >>> fuse_nbits_linears(model)
+    {}
 """
 
 from __future__ import annotations
@@ -28,46 +25,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
-from mixq.export.onnx_edit import cast_target
 from mixq.export.ort_kernels import MS_DOMAIN, GraphIndex, bias_add, splice
-from mixq.sim.onnx.capture import prune_dead_nodes
 
-__all__ = ["fuse_nbits_linears", "pack_4bit_weights"]
+__all__ = ["fuse_nbits_linears"]
 
-_FOUR_BIT = {TensorProto.INT4, TensorProto.UINT4}
 _CHANNEL_BLOCK = 32  # blocks a per-channel scale is repeated over (MatMulNBits has no other)
-
-
-def pack_4bit_weights(model: onnx.ModelProto) -> int:
-    """Store every 4-bit constant that a DequantizeLinear reads through a Cast as a packed
-    INT4 / UINT4 initializer (in place); returns how many were stored."""
-    g = GraphIndex(model.graph)
-    stored = 0
-    for dq in model.graph.node:
-        if dq.op_type != "DequantizeLinear":
-            continue
-        for i, name in enumerate(dq.input[:3]):
-            if i == 1 or not name:
-                continue  # the scale is float
-            cast = g.producer.get(name)
-            if cast is None or cast_target(cast) not in _FOUR_BIT:
-                continue
-            value = g.const(name)
-            if value is None:
-                continue
-            packed = f"{name}/4bit"
-            model.graph.initializer.append(numpy_helper.from_array(value, packed))
-            dq.input[i] = packed
-            stored += 1
-    if stored:
-        prune_dead_nodes(model.graph)
-        read = {i for n in model.graph.node for i in n.input}
-        kept = [t for t in model.graph.initializer if t.name in read]
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(kept)
-    return stored
 
 
 @dataclass

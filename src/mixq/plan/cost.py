@@ -71,6 +71,8 @@ class OpStats:
         inputs: float input tensor -> its element count.
         weights: parameter name -> element count, for the parameters it reads.
         roles: weight role -> parameter name.
+        scores: an attention's score elements (batch x heads x queries x keys).
+        masked: whether an attention reads a mask.
     """
 
     macs: int = 0
@@ -78,6 +80,8 @@ class OpStats:
     inputs: dict[str, int] = field(default_factory=dict)
     weights: dict[str, int] = field(default_factory=dict)
     roles: dict[str, str] = field(default_factory=dict)
+    scores: int = 0
+    masked: bool = False
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -111,12 +115,17 @@ def op_stats(
     stats = {}
     for op in graph:
         elements = sum(_numel(shapes.get(t)) for t in graph.float_outputs(op))
+        inputs = {t: _numel(shapes.get(t)) for t in graph.float_inputs(op)}
+        q, k = (shapes.get(t) for t in (op.inputs[:2] if len(op.inputs) > 1 else ("", "")))
+        scores = _numel(q) // max(q[-1], 1) * k[-2] if op.kind == "attention" and q and k else 0
         stats[op.name] = OpStats(
             macs=_macs(op, shapes, weight_shapes),
             elements=elements,
-            inputs={t: _numel(shapes.get(t)) for t in graph.float_inputs(op)},
+            inputs=inputs,
             weights={p: _numel(weight_shapes.get(p)) for p in op.weights.values()},
             roles=dict(op.weights),
+            scores=scores,
+            masked=scores > 0 and len(op.inputs) > 3,  # a float or a boolean mask
         )
     return stats
 
@@ -148,14 +157,36 @@ def op_cost(
     if not isinstance(target, dict) and target.latency is not None:
         kernel = kernel_precision((*acts, *weights), target.kernel(op.kind) is not None)
         measured = target.latency.op_us(op.kind, kernel, stats.macs or stats.elements)
+        measured += _score_us(target, stats)
         if kernel != "int8":  # a float kernel dequantizes integer inputs and weights each run
             sizes = [*zip(op.input, stats.inputs.values(), strict=False),
-                     *((op.weight.get(r, "fp32"), stats.weights.get(w, 0))
+                     *((op.weight.get(r, "fp32"), _dequantized(op, stats, w))
                        for r, w in stats.roles.items())]  # fmt: skip
             measured += sum(target.latency.convert_us(p, n) for p, n in sizes if _integer(p))
         return {"bops": bops, "latency": measured}
     dearest = max(cost.get(p, 1.0) for p in (*acts, *op.output, *weights))
     return {"bops": bops, "latency": work * dearest}
+
+
+def _score_us(target: TargetProfile, stats: OpStats) -> float:
+    """What an attention computes over its scores besides the two matmuls, as the exported
+    file does: the softmax and, with a mask, the mask's add and the exporter's guard for
+    fully masked rows (IsNaN, Where): three passes over the scores."""
+    if not stats.scores or target.latency is None:
+        return 0.0
+    passes = 3 if stats.masked else 0
+    softmax = target.latency.op_us("softmax", "fp32", stats.scores)
+    return softmax + passes * target.latency.op_us("add", "fp32", stats.scores)
+
+
+def _dequantized(op: OpPlan, stats: OpStats, param: str) -> int:
+    """Weight elements a float kernel dequantizes per run: an embedding with an 8- or 16-bit
+    table only the rows it gathers (the export looks them up first,
+    `mixq.export.ort_gather`), else all."""
+    role = next((r for r, p in stats.roles.items() if p == param), "")
+    t = qtype(op.weight.get(role, "fp32"))
+    gathered = op.kind == "embedding" and not t.is_floating_point and t.bits >= 8
+    return stats.elements if gathered else stats.weights.get(param, 0)
 
 
 @dataclass(frozen=True)

@@ -261,9 +261,7 @@ class _Resolver:
             if style == QLINEAR:
                 continue
             act_in = d.act_in if style == TO_FLOAT and anchor.name == op.name else "fp32"
-            # a float op's quantized weight would be dequantized on every run (ORT does not
-            # fold DequantizeLinear into a Gather or LayerNorm): it buys size, costs time
-            weight = d.weight if style == TO_FLOAT else {r: "fp32" for r in d.weight}
+            weight = d.weight if style == TO_FLOAT else _stored_weights(anchor.kind, d.weight)
             where = "in float" if style is None else f"in integer with a float output ({style})"
             rule = f"{d.rule}; {profile.name} runs {anchor.kind} {where}"
             self.decisions[op.name] = _Decision(act_in, "fp32", weight, rule, d.order)
@@ -359,3 +357,18 @@ def resolve_with_report(graph: Graph, config: Config, strict: bool = True) -> Re
 def resolve(graph: Graph, config: Config, strict: bool = True) -> Plan:
     """The Plan for ``graph`` under ``config`` (see the module docstring for precedence)."""
     return resolve_with_report(graph, config, strict).plan
+
+
+_GATHERED = ("int8", "uint8", "int16", "uint16")  # what ORT's Gather reads (not 4-bit)
+
+
+def _stored_weights(kind: str, weights: dict[str, str]) -> dict[str, str]:
+    """The weights of an op its target computes in float. A quantized weight there would be
+    dequantized whole on every run (ONNX Runtime does not fold a DequantizeLinear into a
+    LayerNorm or a Gather), buying size at a cost in time; except an embedding's 8- or 16-bit
+    table, whose rows the export gathers before dequantizing them
+    (`mixq.export.ort_gather.gather_quantized_rows`)."""
+    if kind != "embedding":
+        return {r: "fp32" for r in weights}
+    widened = {"int4": "int8", "uint4": "uint8"}  # ORT gathers no 4-bit tensors
+    return {r: widened.get(p, p if p in _GATHERED else "fp32") for r, p in weights.items()}
