@@ -558,7 +558,7 @@ def table(case: Case, rows: list[Row]) -> str:
         cos = f"{r.cos.mean():.4f} / {r.cos.min():.4f}" if r.cos is not None else "–"
         lat = f"{r.ms:.1f} ms, {r.ratio:.2f}×" if r.ratio == r.ratio else "–"
         bits = f"{r.bits:.1f}" if r.bits == r.bits else "–"
-        mb = f"{r.mb:.1f}" if r.mb == r.mb else "–"
+        mb = (f"{r.mb:.1f}" if r.mb >= 1 else f"{r.mb:.2f}") if r.mb == r.mb else "–"
         s = f"{r.search_s:.0f}" if r.search_s is not None else "–"
         lines.append(f"| {r.name} | {cos} | {lat} | {bits} | {mb} | {s} | {r.note} |")
     return "\n".join(lines)
