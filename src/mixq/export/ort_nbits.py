@@ -1,16 +1,18 @@
 """Linears with 4-bit weights as ONNX Runtime runs them fast (``ort-cpu``).
 
-Run after `mixq.export.weight_storage.store_integer_weights` (4-bit weights as INT4 / UINT4
-initializers): `fuse_nbits_linears` (``ort-cpu``): a MatMul whose weight is ``DQ(4-bit constant)``
-  (through the ``Transpose`` of a torch Linear) becomes one ``com.microsoft.MatMulNBits``
-  that also adds the bias. Left as Q/DQ, ORT dequantized the whole weight on every run (a
-  DequantizeLinear is not constant-folded), so the real MiniLM with int4 weights ran 3.4x
-  slower than ORT's dynamic int8. ORT fuses DQ + MatMul into MatMulNBits itself only where
-  the activation is float and the weight already [K, N], and then at its session's default
-  accuracy level 4, which quantizes the activation again per block (32.5 dB from the Q/DQ
-  file on the MiniLM, and slower there than level 1). mixq writes ``accuracy_level=1``
-  (float arithmetic): the same values as the Q/DQ form. A per-channel scale becomes blocks
-  of 32 along K that repeat it: the same grid.
+`fuse_nbits_linears` (run after `mixq.export.weight_storage.store_integer_weights`, which
+stores 4-bit weights as INT4 / UINT4 initializers): a MatMul whose weight is
+``DQ(4-bit constant)`` (through the ``Transpose`` of a torch Linear) becomes one
+``com.microsoft.MatMulNBits`` that also adds the bias.
+
+Left as Q/DQ, ORT dequantized the whole weight on every run (a DequantizeLinear is not
+constant-folded), so the real MiniLM with int4 weights ran 3.4x slower than ORT's dynamic
+int8. ORT fuses DQ + MatMul into MatMulNBits itself only where the activation is float and
+the weight already [K, N], and then at its session's default accuracy level 4, which
+quantizes the activation again per block (32.5 dB from the Q/DQ file on the MiniLM, and
+slower there than level 1). mixq writes ``accuracy_level=1`` (float arithmetic): the same
+values as the Q/DQ form. A per-channel scale becomes blocks of 32 along K that repeat it:
+the same grid.
 
 Example:
     >>> from onnx import helper
@@ -64,7 +66,7 @@ def _nbits(g: GraphIndex, matmul: onnx.NodeProto) -> _NBits | None:
     """The MatMulNBits form of ``matmul`` where its B is a 4-bit DequantizeLinear."""
     name, transpose = matmul.input[1], g.made_by(matmul.input[1], "Transpose")
     if transpose is not None:
-        if _attr_ints(transpose) != [1, 0] or not g.only_reader(transpose.output[0]):
+        if _perm(transpose) != [1, 0] or not g.only_reader(transpose.output[0]):
             return None
         name = transpose.input[0]
     dq = g.made_by(name, "DequantizeLinear")
@@ -99,7 +101,7 @@ def _nbits(g: GraphIndex, matmul: onnx.NodeProto) -> _NBits | None:
     )  # fmt: skip
 
 
-def _attr_ints(node: onnx.NodeProto) -> list[int]:
+def _perm(node: onnx.NodeProto) -> list[int]:
     return next((list(a.ints) for a in node.attribute if a.name == "perm"), [1, 0])
 
 
@@ -145,7 +147,7 @@ def fuse_nbits_linears(model: onnx.ModelProto) -> dict[str, str]:
         Each DequantizeLinear node removed → the MatMulNBits node that replaced it.
 
     Example:
-        >>> # fuse_nbits_linears(model)  # {"fc.weight/DequantizeLinear": "fc/MatMulNBits"}
+        >>> # fuse_nbits_linears(model)  # {"fc.weight/DequantizeLinear": "fc.weight/MatMulNBits"}
     """
     g = GraphIndex(model.graph)
     found = [f for f in (_nbits(g, n) for n in model.graph.node if n.op_type == "MatMul") if f]
