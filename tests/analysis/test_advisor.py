@@ -97,3 +97,36 @@ def test_op_whose_activation_and_weight_are_both_sensitive(quiet_qa):
     assert [r["op"] for r in rows] == ["fc"]
     assert "both its activation and its weight" in rows[0]["issue"]
     assert "int16" in rows[0]["advice"] and "fp16" in rows[0]["advice"]
+
+
+class _WideIntoNorm(nn.Module):
+    """A linear whose outputs reach +-30, read by a LayerNorm after a reshape (data movement)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc, self.norm = nn.Linear(4, 8), nn.LayerNorm(8)
+        with torch.no_grad():
+            self.fc.bias.add_(30.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.fc(x).reshape(-1, 8))
+
+
+def test_wide_int8_advice_names_the_readers_that_would_requantize_it_to_int8():
+    model = _WideIntoNorm().eval()
+    rows = _advice(model, "int8", _data(), _data())
+    (row,) = [r for r in rows if "wide for int8" in r["issue"] and r["op"] == "fc"]
+    assert "set_precision('fc', activation='int16')" in row["advice"]
+    assert "set_precision('norm', activation='int16')" in row["advice"]
+
+    def conversions(ops: list[str]) -> list[str]:
+        config = mixq.Config(default="int8")
+        for op in ops:
+            config.set_precision(op, activation="int16")
+        sim = mixq.quantize(model, _data()[0], config)
+        return [q for q in sim.quantizers if q.endswith("@int8")]
+
+    # the fc alone at int16: the LayerNorm still reads it through an int8 quantizer
+    assert conversions(["fc"]) == ["reshape@int8"]
+    assert conversions(["fc", "norm"]) == []

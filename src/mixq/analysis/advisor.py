@@ -3,7 +3,8 @@
 Example:
     >>> # advise(qa).rows[0]
     >>> # {'op': 'encoder.layer.1.output.dense', 'issue': 'range +-38.2 is wide for int8 ...',
-    >>> #  'advice': "try int16: set_precision('encoder.layer.1.output.dense', activation='int16')"}
+    >>> #  'advice': "try int16 on it and on what reads it at int8 (else that requantizes it):
+    >>> #   set_precision('encoder.layer.1.output.dense', activation='int16'); ..."}
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from typing import Any, TypeGuard
 from mixq.analysis.overflow import check_overflow
 from mixq.core.qtypes import qtype
 from mixq.core.table import Table
+from mixq.graph.kinds import is_data_movement
 from mixq.observers.base import MASK_MAGNITUDE
 from mixq.sim.protocol import SimLike
 
-__all__ = ["OVERWIDE", "WIDE_INT8_RANGE", "advise"]
+__all__ = ["OVERWIDE", "WIDE_INT8_RANGE", "advise", "int8_readers"]
 
 # |x| beyond which int8's 256 steps are coarse (Horizon's advisor uses the same idea).
 WIDE_INT8_RANGE = 10.0
@@ -58,19 +60,45 @@ def _nonfinite(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     return out
 
 
-def _wide_int8(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+def int8_readers(sim: SimLike, op: str) -> list[str]:
+    """The ops that read ``op``'s output (through data movement) at an 8-bit input of their
+    own: were only ``op`` set to int16, each would requantize the tensor to int8 on its
+    input edge (a conversion point), and the wide range would still meet int8 there."""
+    graph, plan = sim.graph, sim.plan
+    found: list[str] = []
+    seen: set[str] = set()
+    tensors = list(graph.float_outputs(graph.ops[op]))
+    while tensors:
+        tensor = tensors.pop(0)
+        for reader in graph.consumers(tensor):
+            if reader.name in seen or reader.name not in plan.ops:
+                continue
+            seen.add(reader.name)
+            if is_data_movement(reader.kind):
+                tensors.extend(graph.float_outputs(reader))
+                continue
+            reads = zip(graph.float_inputs(reader), plan.ops[reader.name].input, strict=False)
+            if any(t == tensor and _is_8bit(p) for t, p in reads):
+                found.append(reader.name)
+    return found
+
+
+def _is_8bit(precision: str) -> bool:
+    t = qtype(precision)
+    return not t.is_floating_point and t.bits == 8
+
+
+def _wide_int8(sim: SimLike, rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     out = []
     for r in rows:
         amax = max(abs(r["float_min"]), abs(r["float_max"]))
         if r["precision"] in ("int8", "uint8") and amax > WIDE_INT8_RANGE:
             step = f", step {r['scale']:.3g}" if r.get("scale") else ""
-            out.append(
-                _row(
-                    r["op"],
-                    f"range +-{amax:.3g} is wide for int8{step}",
-                    f"try int16: set_precision({r['op']!r}, activation='int16')",
-                )
-            )
+            ops = [r["op"], *int8_readers(sim, r["op"])]
+            calls = "; ".join(f"set_precision({o!r}, activation='int16')" for o in ops)
+            why = " and on what reads it at int8 (else that requantizes it)" if ops[1:] else ""
+            out.append(_row(r["op"], f"range +-{amax:.3g} is wide for int8{step}",
+                            f"try int16 on it{why}: {calls}"))  # fmt: skip
     return out
 
 
@@ -202,7 +230,7 @@ def advise(qa: Any) -> Table:
     findings = (
         _nonfinite(rows)
         + _float_overflow(qa)
-        + _wide_int8(rows)
+        + _wide_int8(sim, rows)
         + _overwide(sim, rows)
         + _uncovered(sim, rows)
         + _asymmetric_inputs(sim, qa.input_ranges())
