@@ -19,7 +19,7 @@ from mixq.graph.kinds import is_data_movement
 from mixq.observers.base import MASK_MAGNITUDE
 from mixq.sim.protocol import SimLike
 
-__all__ = ["OVERWIDE", "WIDE_INT8_RANGE", "advise", "int8_readers"]
+__all__ = ["OVERWIDE", "WIDE_INT8_RANGE", "advise"]
 
 # |x| beyond which int8's 256 steps are coarse (Horizon's advisor uses the same idea).
 WIDE_INT8_RANGE = 10.0
@@ -60,7 +60,7 @@ def _nonfinite(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     return out
 
 
-def int8_readers(sim: SimLike, op: str) -> list[str]:
+def _int8_readers(sim: SimLike, op: str) -> list[str]:
     """The ops that read ``op``'s output (through data movement) at an 8-bit input of their
     own: were only ``op`` set to int16, each would requantize the tensor to int8 on its
     input edge (a conversion point), and the wide range would still meet int8 there."""
@@ -94,7 +94,7 @@ def _wide_int8(sim: SimLike, rows: list[dict[str, Any]]) -> list[dict[str, str]]
         amax = max(abs(r["float_min"]), abs(r["float_max"]))
         if r["precision"] in ("int8", "uint8") and amax > WIDE_INT8_RANGE:
             step = f", step {r['scale']:.3g}" if r.get("scale") else ""
-            ops = [r["op"], *int8_readers(sim, r["op"])]
+            ops = [r["op"], *_int8_readers(sim, r["op"])]
             calls = "; ".join(f"set_precision({o!r}, activation='int16')" for o in ops)
             why = " and on what reads it at int8 (else that requantizes it)" if ops[1:] else ""
             out.append(_row(r["op"], f"range +-{amax:.3g} is wide for int8{step}",

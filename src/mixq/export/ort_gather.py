@@ -21,47 +21,47 @@ from __future__ import annotations
 import onnx
 from onnx import helper, numpy_helper
 
-from mixq.export.ort_kernels import GraphIndex, splice
+from mixq.export.ort_kernels import GraphIndex, int_attr, splice
 
 __all__ = ["gather_quantized_rows"]
 
 
-def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
-    return next((a.i for a in node.attribute if a.name == name), default)
-
-
-def _lookups(g: GraphIndex, dq: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+def _lookups(
+    g: GraphIndex, dq: onnx.NodeProto
+) -> tuple[list[onnx.NodeProto], tuple[int, ...]] | None:
     """The Gathers reading rows of ``dq``'s 8- or 16-bit constant table, if nothing else
-    reads it (ORT gathers no 4-bit tensors)."""
+    reads it (ORT gathers no 4-bit tensors), and the table's shape."""
+    if dq.output[0] not in g.consumers or g.consumers[dq.output[0]][0].op_type != "Gather":
+        return None  # spares converting a linear's weights
     table = g.const(dq.input[0])
     # numpy kinds: 8- and 16-bit integers ("i", "u"); 4-bit ones are ml_dtypes' "V"
     if table is None or table.ndim != 2 or table.dtype.kind not in "iu" or table.dtype.itemsize > 2:
         return None
     if any(g.const(i) is None for i in dq.input[1:] if i):
         return None
-    if _attr(dq, "block_size", 0) and _attr(dq, "axis", 1) % 2 != 1:
+    if int_attr(dq, "block_size", 0) and int_attr(dq, "axis", 1) % 2 != 1:
         return None  # blocks down the columns: a row's values span several scales
     out = dq.output[0]
-    readers = [n for n in g.graph.node if out in n.input]
-    if not readers or g.readers[out] != len(readers):
+    readers = g.consumers[out]
+    if g.readers[out] != len(readers):
         return None  # a graph output reads it too
-    if any(r.op_type != "Gather" or r.input[0] != out or _attr(r, "axis", 0) for r in readers):
+    if any(r.op_type != "Gather" or r.input[0] != out or int_attr(r, "axis", 0) for r in readers):
         return None  # a tied head's MatMul, or a Gather along the columns
-    return readers
+    return readers, table.shape
 
 
 def _after_gather(
-    graph: onnx.GraphProto, dq: onnx.NodeProto, lookup: onnx.NodeProto, name: str, g: GraphIndex
+    g: GraphIndex, dq: onnx.NodeProto, lookup: onnx.NodeProto, name: str, shape: tuple[int, ...]
 ) -> list[onnx.NodeProto]:
     """Gather the integer rows, then dequantize them as ``dq`` would have: a scale per
     tensor or per column as it is; one per row, or per block along the rows, gathered with
     the rows (a row's scale is one block spanning it)."""
     ids, out = lookup.input[1], lookup.output[0]
     rows = helper.make_node("Gather", [dq.input[0], ids], [f"{out}/rows"], name=f"{name}/Gather")
-    table, scale = g.const(dq.input[0]), g.const(dq.input[1])
-    assert table is not None and scale is not None  # `_lookups` checked
-    block = _attr(dq, "block_size", 0)
-    if scale.size == 1 or (not block and _attr(dq, "axis", 1) % 2 == 1):
+    scale = g.const(dq.input[1])
+    assert scale is not None  # `_lookups` checked
+    block = int_attr(dq, "block_size", 0)
+    if scale.size == 1 or (not block and int_attr(dq, "axis", 1) % 2 == 1):
         moved = helper.make_node(
             "DequantizeLinear", [rows.output[0], *dq.input[1:]], [out], name=name, axis=-1
         )
@@ -72,11 +72,11 @@ def _after_gather(
         if value is None:
             continue
         per_row = f"{name}/{tag}"  # [rows, blocks]
-        graph.initializer.append(numpy_helper.from_array(value.reshape(len(table), -1), per_row))
+        g.graph.initializer.append(numpy_helper.from_array(value.reshape(shape[0], -1), per_row))
         taken = helper.make_node("Gather", [per_row, ids], [f"{out}/{tag}"], name=f"{name}/{tag}")
         nodes.append(taken)
         inputs.append(taken.output[0])
-    size = block or table.shape[1]
+    size = block or shape[1]
     dequantize = helper.make_node(
         "DequantizeLinear", inputs, [out], name=name, axis=-1, block_size=size
     )
@@ -101,15 +101,16 @@ def gather_quantized_rows(model: onnx.ModelProto) -> dict[str, str]:
     for dq in list(model.graph.node):
         if dq.op_type != "DequantizeLinear":
             continue
-        lookups = _lookups(g, dq)
-        if lookups is None:
+        found = _lookups(g, dq)
+        if found is None:
             continue
+        lookups, shape = found
         base = f"{dq.name.rsplit('/', 1)[0] or dq.output[0]}/DequantizeRows"
         drop.add(dq.output[0])
         for i, lookup in enumerate(lookups):
             name = base if i == 0 else f"{base}_{i}"
             drop.add(lookup.output[0])
-            after[lookup.output[0]] = _after_gather(model.graph, dq, lookup, name, g)
+            after[lookup.output[0]] = _after_gather(g, dq, lookup, name, shape)
         removed[dq.name] = base
     splice(model, drop, after)
     return removed

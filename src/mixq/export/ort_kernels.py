@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import onnx
@@ -39,11 +40,14 @@ from mixq.sim.onnx.capture import constant_names, prune_dead_nodes, subgraph_inp
 
 __all__ = [
     "MS_DOMAIN",
+    "FusedLinear",
     "GraphIndex",
+    "absorb",
     "bias_add",
     "drop_unread",
     "fold_castlike_constants",
     "fuse_integer_linears",
+    "int_attr",
     "node_key",
     "splice",
     "unfuse_residual_norms",
@@ -59,7 +63,10 @@ class GraphIndex:
         self.graph = graph
         self.producer = {o: n for n in graph.node for o in n.output}
         self.readers = Counter(i for n in graph.node for i in n.input)
-        self.reader_nodes = {i: n for n in graph.node for i in n.input}  # the last reader
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}  # graph outputs not included
+        for node in graph.node:
+            for i in dict.fromkeys(node.input):
+                self.consumers.setdefault(i, []).append(node)
         self.readers.update(o.name for o in graph.output)
         self.constants = constant_names(graph)
 
@@ -97,8 +104,9 @@ class _Linear:
     bias: str
 
 
-def _axis(node: onnx.NodeProto) -> int:
-    return next((a.i for a in node.attribute if a.name == "axis"), 1)
+def int_attr(node: onnx.NodeProto, name: str, default: int) -> int:
+    """An integer attribute of ``node`` (``default`` where it has none)."""
+    return next((a.i for a in node.attribute if a.name == name), default)
 
 
 def _weight(g: GraphIndex, name: str) -> tuple | None:
@@ -120,7 +128,7 @@ def _weight(g: GraphIndex, name: str) -> tuple | None:
     # the axis of the output channels in the stored weights: N is w's last axis after the
     # transpose, if any; a per-channel scale must run along it
     n_axis = 0 if transpose is not None else 1
-    if scale.size > 1 and (_axis(dq) % 2 != n_axis or scale.ndim != 1):
+    if scale.size > 1 and (int_attr(dq, "axis", 1) % 2 != n_axis or scale.ndim != 1):
         return None
     kn = w.T if transpose is not None else w
     return dq, transpose, np.ascontiguousarray(kn), scale, zp
@@ -131,7 +139,7 @@ def bias_add(g: GraphIndex, matmul: onnx.NodeProto, n: int) -> tuple[onnx.NodePr
     out = matmul.output[0]
     if not g.only_reader(out):  # a graph output counts as a reader
         return None, ""
-    add = g.reader_nodes.get(out)
+    add = g.consumers[out][0] if out in g.consumers else None
     if add is None or add.op_type != "Add":
         return None, ""
     other = add.input[1] if add.input[0] == out else add.input[0]
@@ -180,17 +188,38 @@ def fuse_integer_linears(model: onnx.ModelProto) -> dict[str, str]:
     after: dict[str, onnx.NodeProto] = {}  # the fused node goes where its last node was
     for lin in linears:
         fused = _fused_node(model.graph, lin)
-        after[(lin.bias_add or lin.matmul).output[0]] = fused
-        for node in (lin.matmul, lin.weight_dq, lin.transpose, lin.bias_add):
-            if node is not None:
-                drop.add(node.output[0])
-        removed[lin.weight_dq.name] = fused.name
+        absorb(lin, fused, drop, after, removed)
         g.readers[lin.act_dq.output[0]] -= 1
         if g.readers[lin.act_dq.output[0]] == 0:
             drop.add(lin.act_dq.output[0])
             removed.setdefault(lin.act_dq.name, fused.name)
     splice(model, drop, after)
     return removed
+
+
+class FusedLinear(Protocol):
+    """The nodes of a linear that one fused node replaces."""
+
+    matmul: onnx.NodeProto
+    weight_dq: onnx.NodeProto
+    transpose: onnx.NodeProto | None
+    bias_add: onnx.NodeProto | None
+
+
+def absorb(
+    lin: FusedLinear,
+    fused: onnx.NodeProto,
+    drop: set[str],
+    after: dict[str, onnx.NodeProto],
+    removed: dict[str, str],
+) -> None:
+    """Record, for `splice`, that ``fused`` replaces ``lin``'s MatMul, weight
+    DequantizeLinear, Transpose and bias Add, where the last of them was."""
+    after[(lin.bias_add or lin.matmul).output[0]] = fused
+    for node in (lin.matmul, lin.weight_dq, lin.transpose, lin.bias_add):
+        if node is not None:
+            drop.add(node.output[0])
+    removed[lin.weight_dq.name] = fused.name
 
 
 def node_key(node: onnx.NodeProto) -> str:

@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from mixq.export.ort_kernels import MS_DOMAIN, GraphIndex, bias_add, splice
+from mixq.export.ort_kernels import MS_DOMAIN, GraphIndex, absorb, bias_add, int_attr, splice
 
 __all__ = ["fuse_nbits_linears"]
 
@@ -47,10 +47,6 @@ class _NBits:
     block: int
     bias_add: onnx.NodeProto | None
     bias: str
-
-
-def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
-    return next((a.i for a in node.attribute if a.name == name), default)
 
 
 def _per_block(
@@ -80,7 +76,7 @@ def _nbits(g: GraphIndex, matmul: onnx.NodeProto) -> _NBits | None:
         return None
     nk = w if transpose is not None else w.T
     n, k = nk.shape
-    block, axis = _attr(dq, "block_size", 0), _attr(dq, "axis", 1) % 2
+    block, axis = int_attr(dq, "block_size", 0), int_attr(dq, "axis", 1) % 2
     k_axis = 1 if transpose is not None else 0
     if block:
         if axis != k_axis or block < 16 or block & (block - 1):
@@ -155,11 +151,6 @@ def fuse_nbits_linears(model: onnx.ModelProto) -> dict[str, str]:
     drop: set[str] = set()
     after: dict[str, onnx.NodeProto] = {}
     for lin in found:
-        fused = _fused_node(model.graph, lin)
-        after[(lin.bias_add or lin.matmul).output[0]] = fused
-        for node in (lin.matmul, lin.weight_dq, lin.transpose, lin.bias_add):
-            if node is not None:
-                drop.add(node.output[0])
-        removed[lin.weight_dq.name] = fused.name
+        absorb(lin, _fused_node(model.graph, lin), drop, after, removed)
     splice(model, drop, after)
     return removed
