@@ -69,6 +69,7 @@ class _Rewriter:
 
     def run(self) -> fx.GraphModule:
         self._freeze_biases()
+        self._plain_linears()
         for node in list(self.graph.nodes):
             if node.op == "call_module" and str(node.target).startswith("mixq_q"):
                 self._replace(node, self.gm.get_submodule(str(node.target)))
@@ -99,6 +100,14 @@ class _Rewriter:
                 user.args = tuple(replacement if a is node else a for a in user.args)
             self.graph.erase_node(node)
             delattr(self.gm, str(node.target))
+
+    def _plain_linears(self) -> None:
+        """Each `IntegerLinear` (`mixq.sim.torch.integer_linear`) is written as the linear
+        it computes: ONNX Runtime's integer kernel does the arithmetic the Sim imitates."""
+        for node in list(self.graph.nodes):
+            if node.op == "call_module" and str(node.target).startswith("mixq_linear"):
+                delattr(self.gm, str(node.target))
+                node.op, node.target = "call_function", torch.ops.aten.linear.default
 
     def _views_as_reshapes(self) -> None:
         """Every ``reshape`` / ``view`` becomes ``mixq::reshape`` (ONNX Reshape). Exporting

@@ -124,8 +124,8 @@ def _attr_entry(gm: fx.GraphModule, target: str) -> tuple[str, Any]:
 
 
 def pack_float_graph(sim: Any) -> FloatGraph:
-    """The Sim's module without its quantizers (and bias roundings): nodes, what they read,
-    node maps."""
+    """The Sim's module without its quantizers (and bias roundings, and with its integer
+    linears plain linears again): nodes, what they read, node maps."""
     return _pack(
         sim.module,
         set(sim.quantizer_nodes.values()) | set(getattr(sim, "bias_nodes", ())),
@@ -133,6 +133,7 @@ def pack_float_graph(sim: Any) -> FloatGraph:
         dict(sim.op_nodes),
         list(getattr(sim, "capture_notes", [])),
         getattr(sim, "static_shapes", None) is not None,
+        set(getattr(sim, "integer_linears", ())),
     )
 
 
@@ -155,6 +156,7 @@ def _pack(
     op_nodes: dict[str, str],
     notes: list[str],
     static: bool,
+    linears: frozenset[str] | set[str] = frozenset(),
 ) -> FloatGraph:
 
     def source(node: Any) -> _Ref | None:
@@ -173,6 +175,10 @@ def _pack(
         if n.name in quantizers:
             continue
         args, kwargs = _map(n.args, source), _map(dict(n.kwargs), source)
+        if n.name in linears:  # the Sim builds its IntegerLinear again
+            target = _OpRef("aten::linear", "default")
+            nodes.append(_NodeSpec(n.name, "call_function", target, args, kwargs, _dtype(n)))
+            continue
         nodes.append(_NodeSpec(n.name, n.op, _target(n), args, kwargs, _dtype(n)))
         if n.op in ("get_attr", "call_module"):
             attrs[str(n.target)] = _attr_entry(gm, str(n.target))

@@ -30,6 +30,7 @@ from mixq.sim.inputs import split_inputs
 from mixq.sim.quantizer import ActivationBase
 from mixq.sim.torch.bias import BiasRounding, rounds_bias
 from mixq.sim.torch.capture import Captured
+from mixq.sim.torch.integer_linear import IntegerLinear, accumulates_in_integer
 from mixq.sim.torch.kinds import weight_arg
 from mixq.sim.torch.quantizer import ActivationQuantizer, Quantizer, WeightQuantizer
 from mixq.targets.fusion import target_fusion_groups
@@ -56,6 +57,7 @@ class Sim(nn.Module, SimBase):
         self.op_nodes: dict[str, str] = {}  # op name -> its fx node
         self.capture_notes: list[str] = list(captured.notes)  # e.g. cache outputs flattened
         self.bias_nodes: list[str] = []  # fx nodes rounding conv biases (BiasRounding)
+        self.integer_linears: list[str] = []  # fx nodes of linears run as IntegerLinear
         self.static_shapes = _shapes(*captured.example_inputs) if captured.static else None
         _Inserter(self, captured).run()
         self.module.recompile()
@@ -142,6 +144,7 @@ class _Inserter:
         self.get_attrs = {str(n.target): n for n in self.fx_graph.nodes if n.op == "get_attr"}
         self.groups = target_fusion_groups(captured.graph, sim.plan.target)
         self.convs: list[tuple[str, WeightQuantizer]] = []  # conv op -> its weight quantizer
+        self.linears: list[tuple[str, WeightQuantizer]] = []  # linear op -> its weight quantizer
 
     def run(self) -> None:
         for point in self.sim.points:
@@ -153,6 +156,8 @@ class _Inserter:
                 self._activation(point)
         for op_name, quantizer in self.convs:
             self._bias(op_name, quantizer)
+        for op_name, quantizer in self.linears:
+            self._integer_linear(op_name, quantizer)
         # where the analyses find each tensor as the rest of the model sees it
         self.sim.value_nodes = {t: n.name for t, n in self.current.items()}
         self.sim.op_nodes = {op: n.name for op, n in self.cap.op_nodes.items()}
@@ -216,6 +221,8 @@ class _Inserter:
         op_node.replace_input_with(w_node, q)
         if op.kind == "conv":
             self.convs.append((point.op, quantizer))
+        elif op_node.target == torch.ops.aten.linear.default and bn is None:
+            self.linears.append((point.op, quantizer))
 
     def _bias(self, op_name: str, weight: WeightQuantizer) -> None:
         """`BiasRounding` on the bias of a conv an int8 kernel runs (see mixq.sim.torch.bias)."""
@@ -237,6 +244,18 @@ class _Inserter:
             node = self.fx_graph.call_module(target, (bias, *bn_args))
         op_node.args = (*args[:index], node, *args[index + 1 :])
         self.sim.bias_nodes.append(node.name)
+
+    def _integer_linear(self, op_name: str, weight: WeightQuantizer) -> None:
+        """The linear becomes `IntegerLinear` where an int8 kernel runs it (see
+        mixq.sim.torch.integer_linear); the export writes it back as a linear."""
+        op_node = self.cap.op_nodes[op_name]
+        act = self._input_quantizer(op_node.args[0])
+        if act is None or not accumulates_in_integer(act, weight):
+            return
+        target = f"mixq_linear{len(self.sim.integer_linears)}"
+        self.cap.module.add_module(target, IntegerLinear(act, weight))
+        op_node.op, op_node.target = "call_module", target
+        self.sim.integer_linears.append(op_node.name)
 
     def _input_quantizer(self, node: Any) -> ActivationQuantizer | None:
         """The activation quantizer an op's input comes from, through padding and views."""
