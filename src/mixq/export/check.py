@@ -16,7 +16,9 @@ An SQNR under the threshold is not yet a defect. ORT's float kernels (a fused La
 integer matmul scaled once) round differently from torch's in the last bits; where that moves
 a value across a rounding boundary of the next quantizer, one code differs by one step, and
 in a deep model attention spreads it to every token of the row and the next layers multiply
-it (the real 6-layer MiniLM embedder: bit-identical through layer 0, 27.7 dB at the output).
+it (the real 6-layer MiniLM embedder: bit-identical through layer 0, 27.7 dB at the output,
+before the Sim computed int8 linears as ORT's integer kernel does:
+`mixq.sim.torch.integer_linear`).
 So, for a torch Sim, `local_divergence` runs the Sim once more with ORT's value forced at
 every quantizer and compares, quantizer by quantizer, ORT's value with the Sim's computed
 from the same inputs. A defect (a missing quantizer, a saturating kernel, a bias off its

@@ -266,6 +266,8 @@ class _Inserter:
             name = getattr(node.target, "__name__", "").split(".")[0]
             if node.op != "call_function" or name not in _PASS_THROUGH:
                 return None
+            if name == "dropout" and (len(node.args) < 3 or node.args[2] is not False):
+                return None  # a training dropout scales what it keeps: off the grid
             node = node.args[0]
         return None
 
@@ -283,8 +285,12 @@ class _Inserter:
         return self.get_attrs.get(str(name)) if name else None
 
 
-# ops between a quantizer and a conv that keep the input's grid (ORT pads with the zero point)
-_PASS_THROUGH = frozenset({"pad", "constant_pad_nd", "view", "reshape", "permute", "clone"})
+# ops between a quantizer and a conv / linear that keep the input's grid (ORT pads with the
+# zero point; dropout only as captured for inference)
+_PASS_THROUGH = frozenset({
+    "pad", "constant_pad_nd", "view", "reshape", "permute", "clone", "transpose", "contiguous",
+    "flatten", "squeeze", "unsqueeze", "dropout", "_unsafe_view",
+})  # fmt: skip
 
 
 def _shapes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tuple[int, ...]]:
