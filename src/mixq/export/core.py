@@ -32,6 +32,7 @@ import onnx
 from mixq.core.errors import MixqError
 from mixq.export.check import DEFAULT_MIN_SQNR_DB, Checked, ExportCheckError
 from mixq.export.onnx_edit import exclude_pool_overhang
+from mixq.export.ort_accuracy import lossy_fusion_note
 from mixq.export.ort_gather import gather_quantized_rows
 from mixq.export.ort_kernels import (
     fold_castlike_constants,
@@ -281,6 +282,8 @@ def finish_export(
             report.sqnr_db, report.checked = checked.sqnr_db, True
             report.notes += checked.notes
             report.local_sqnr_db = checked.local_sqnr_db
+            lossy = lossy_fusion_note(report.path)
+            report.notes += [lossy] if lossy else []
         except Exception as exc:
             report.path.unlink(missing_ok=True)
             if isinstance(exc, ExportCheckError) and _saturates(options, sim):

@@ -26,6 +26,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from mixq.export.onnx_edit import FLOAT_TYPES, cast_target
+from mixq.export.ort_accuracy import session_options
 from mixq.sim.onnx.rewrite import fresh_name
 
 __all__ = ["IO_TYPES", "OrtSession", "float_io", "io_precisions", "ort_session"]
@@ -180,7 +181,8 @@ def float_io(
 
 
 class OrtSession:
-    """A file run in ONNX Runtime (CPU, default optimisations), as `ort_session` makes it.
+    """A file run in ONNX Runtime (CPU, default optimisations; fused MatMulNBits at accuracy
+    level 1, as the file says: `mixq.export.ort_accuracy`), as `ort_session` makes it.
 
     Attributes:
         names: the file's output names, in order (a run returns those, then the extras).
@@ -190,7 +192,9 @@ class OrtSession:
         import onnxruntime as ort
 
         self.names, self.fetch = names, fetch
-        self.session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            source, session_options(), providers=["CPUExecutionProvider"]
+        )
 
     def __call__(self, arrays: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> list[np.ndarray]:
         inputs = self.session.get_inputs()
