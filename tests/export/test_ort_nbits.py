@@ -57,24 +57,33 @@ def _four_bit_casts(model: onnx.ModelProto) -> int:
 
 
 @pytest.mark.parametrize(
-    ("activation", "scheme"),
-    [("int8", BLOCK32), ("fp32", BLOCK32), ("fp32", mixq.Scheme())],
-    ids=["w4a8-block", "w4-block", "w4-per-channel"],
+    ("activation", "weight", "scheme"),
+    [
+        ("int8", "int4", BLOCK32),
+        ("fp32", "int4", BLOCK32),
+        ("fp32", "int4", mixq.Scheme()),
+        ("fp32", "int8", mixq.Scheme()),
+    ],
+    ids=["w4a8-block", "w4-block", "w4-per-channel", "w8-per-channel"],
 )
-def test_ort_cpu_runs_4bit_linears_as_matmul_nbits_matching_the_sim(activation, scheme, tmp_path):
+def test_ort_cpu_runs_nbit_linears_as_matmul_nbits_matching_the_sim(
+    activation, weight, scheme, tmp_path
+):
+    """int8 weights read by a float input too: ORT's own fusion would run them at accuracy
+    level 4, quantizing that input to 8 bits (`mixq.export.ort_accuracy`)."""
     file, report = _export(
-        mixq.Config(default=(activation, "int4"), target="ort-cpu", scheme=scheme), tmp_path
+        mixq.Config(default=(activation, weight), target="ort-cpu", scheme=scheme), tmp_path
     )
     # float activations: the Sim's arithmetic exactly; int8 ones: their rounding flips
     assert report.min_sqnr_db >= (90 if activation == "fp32" else 40), report.sqnr_db
     kinds = Counter(n.op_type for n in file.graph.node)
     assert kinds["MatMulNBits"] == 2 and "MatMul" not in kinds and "Add" not in kinds, kinds
     assert _four_bit_casts(file) == 0
-    assert all(
-        next(a.i for a in n.attribute if a.name == "accuracy_level") == 1
-        for n in file.graph.node
-        if n.op_type == "MatMulNBits"
-    )
+    fused = [n for n in file.graph.node if n.op_type == "MatMulNBits"]
+    assert all(next(a.i for a in n.attribute if a.name == "accuracy_level") == 1 for n in fused)
+    bits = {next(a.i for a in n.attribute if a.name == "bits") for n in fused}
+    assert bits == {4 if weight == "int4" else 8}
+    assert not any("accuracy level 4" in note for note in report.notes), report.notes
     names = {n.name for n in file.graph.node}
     meta = json.loads(next(p.value for p in file.metadata_props if p.key == "mixq.quantizers"))
     assert meta == report.quantizers
@@ -91,22 +100,23 @@ def test_other_targets_store_4bit_weights_packed_and_keep_qdq(tmp_path):
     assert sorted(tuple(t.dims) for t in four_bit) == [(40, 3), (40, 96), (96, 2), (96, 64)]
 
 
-def _qdq_linear(k: int, n: int, block: int, transposed: bool) -> onnx.ModelProto:
-    """x -> MatMul(DQ(uint4 weights with zero points, blocked along K)) -> Add(bias); K not a
-    multiple of the block (the last block is short)."""
+def _qdq_linear(k: int, n: int, block: int, transposed: bool, bits: int = 4) -> onnx.ModelProto:
+    """x -> MatMul(DQ(uint4 / uint8 weights with zero points, blocked along K)) -> Add(bias);
+    K not a multiple of the block (the last block is short)."""
     rng = np.random.default_rng(0)
     blocks = -(-k // block)
     shape, s_shape, axis = ((n, k), (n, blocks), 1) if transposed else ((k, n), (blocks, n), 0)
     inits = [
-        nh.from_array(rng.integers(0, 16, shape).astype(np.uint8), "w8"),
-        nh.from_array(rng.integers(0, 16, s_shape).astype(np.uint8), "z8"),
+        nh.from_array(rng.integers(0, 2**bits, shape).astype(np.uint8), "w8"),
+        nh.from_array(rng.integers(0, 2**bits, s_shape).astype(np.uint8), "z8"),
         nh.from_array((rng.random(s_shape) * 0.1 + 0.01).astype(np.float32), "s"),
         nh.from_array(rng.standard_normal(n).astype(np.float32), "bias"),
     ]
+    casts = [h.make_node("Cast", [f"{v}8"], [v], to=T.UINT4) for v in ("w", "z")]
+    w, z = ("w", "z") if bits == 4 else ("w8", "z8")
     nodes = [
-        h.make_node("Cast", ["w8"], ["w"], to=T.UINT4),
-        h.make_node("Cast", ["z8"], ["z"], to=T.UINT4),
-        h.make_node("DequantizeLinear", ["w", "s", "z"], ["wd"], name="fc/DequantizeLinear",
+        *(casts if bits == 4 else []),
+        h.make_node("DequantizeLinear", [w, "s", z], ["wd"], name="fc/DequantizeLinear",
                     axis=axis, block_size=block),
     ]  # fmt: skip
     b = "wd"
@@ -129,13 +139,14 @@ def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return sess.run(None, {"x": x})[0]
 
 
+@pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("transposed", [True, False], ids=["torch-linear", "onnx-kn"])
-def test_asymmetric_short_block_weights_fuse_exactly(transposed):
-    model = _qdq_linear(k=40, n=24, block=16, transposed=transposed)
+def test_asymmetric_short_block_weights_fuse_exactly(transposed, bits):
+    model = _qdq_linear(k=40, n=24, block=16, transposed=transposed, bits=bits)
     x = np.random.default_rng(1).standard_normal((2, 5, 40)).astype(np.float32)
     want = _run(model, x)
 
-    assert store_integer_weights(model) == 2
+    assert store_integer_weights(model) == (2 if bits == 4 else 0)
     assert _four_bit_casts(model) == 0
     np.testing.assert_array_equal(_run(model, x), want)
     assert fuse_nbits_linears(model) == {"fc/DequantizeLinear": "fc/MatMulNBits"}
