@@ -12,7 +12,8 @@ Stages (issue 11, part 2):
                                  (torch.export's program where capture notes that it parts from
                                  eager: a path the model's code takes only when traced)
     shape                        the int8 Sim on batch 1 and a shorter sequence, SQNR vs float
-    export / export_fp16         sim.export_onnx, SQNR(Sim vs ORT) measured here on every float
+    export / export_a16w8 /      sim.export_onnx of the int8 / a16w8 / w4a8 / fp16 Sim,
+    export_w4a8 / export_fp16    SQNR(Sim vs ORT) measured here on every float
                                  output of the file (NaN / constant outputs are failures); under
                                  35 dB it passes only as ``N (locally >=M)``: the export check
                                  found every quantizer agreeing (>= M dB) with the Sim computed
@@ -45,14 +46,15 @@ import numpy as np
 import torch
 
 import mixq
+from mixq.export.ort_accuracy import EXACT_SESSION_CONFIG
 from tests.conformance import corpus
 
 __all__ = ["NEEDS", "ONNX_STAGES", "RUNNERS", "STAGES", "Model", "first_line", "run_stages",
            "time_limit", "verdict"]  # fmt: skip
 
 STAGES = [
-    "int8", "a16w8", "w4a8", "fp16", "off==float", "shape", "export", "export_fp16",
-    "onnx_path", "sens", "bad_cases", "search", "vendor", "check",
+    "int8", "a16w8", "w4a8", "fp16", "off==float", "shape", "export", "export_a16w8",
+    "export_w4a8", "export_fp16", "onnx_path", "sens", "bad_cases", "search", "vendor", "check",
 ]  # fmt: skip
 ONNX_STAGES = [s for s in STAGES if s not in ("shape", "onnx_path")]
 FORMATS = [
@@ -184,6 +186,8 @@ def ort_run(
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.log_severity_level = 3
+    for key, value in EXACT_SESSION_CONFIG.items():  # fused MatMulNBits as the file says
+        opts.add_session_config_entry(key, value)
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -425,6 +429,8 @@ RUNNERS: dict[str, Callable[[Model], str]] = {
     "off==float": stage_off,
     "shape": stage_shape,
     "export": lambda m: stage_export(m, "int8"),
+    "export_a16w8": lambda m: stage_export(m, "a16w8"),
+    "export_w4a8": lambda m: stage_export(m, "w4a8"),
     "export_fp16": lambda m: stage_export(m, "fp16"),
     "onnx_path": stage_onnx_path,
     "sens": stage_sens,
@@ -435,8 +441,9 @@ RUNNERS: dict[str, Callable[[Model], str]] = {
 }
 
 # a stage needing an earlier one's Sim reports that one's failure instead of retrying it
-NEEDS = {"off==float": "int8", "shape": "int8", "export": "int8", "export_fp16": "fp16",
-         "sens": "int8", "bad_cases": "int8", "vendor": "int8"}  # fmt: skip
+NEEDS = {"off==float": "int8", "shape": "int8", "export": "int8", "export_a16w8": "a16w8",
+         "export_w4a8": "w4a8", "export_fp16": "fp16", "sens": "int8", "bad_cases": "int8",
+         "vendor": "int8"}  # fmt: skip
 
 
 def verdict(stage: str, cell: str) -> bool:
