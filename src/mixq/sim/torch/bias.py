@@ -34,7 +34,7 @@ from torch import nn
 from mixq.sim.bias_grid import bias_shift, bn_factor
 from mixq.sim.torch.quantizer import ActivationQuantizer, WeightQuantizer
 
-__all__ = ["BiasRounding", "rounds_bias"]
+__all__ = ["BiasRounding", "KernelOperands", "rounds_bias"]
 
 
 def rounds_bias(act: ActivationQuantizer, weight: WeightQuantizer) -> bool:
@@ -48,19 +48,26 @@ def rounds_bias(act: ActivationQuantizer, weight: WeightQuantizer) -> bool:
     )
 
 
-class BiasRounding(nn.Module):
-    """``b`` moved onto the grid ``x_scale * w_scale[c]`` of the accumulator (with a
-    batch-norm: its folded bias ``(b - mean) * k + beta`` is, and ``b`` absorbs the
-    difference divided by ``k``). The shift is a constant to autograd (QAT trains ``b``)."""
+class KernelOperands(nn.Module):
+    """A module that computes part of an integer kernel from the quantizers of its input
+    and weight (held as references, not children: they are the Sim's, registered once)."""
 
     act: ActivationQuantizer
     weight: WeightQuantizer
 
     def __init__(self, act: ActivationQuantizer, weight: WeightQuantizer) -> None:
         super().__init__()
-        # references, not children: the quantizers are the Sim's, registered once
         object.__setattr__(self, "act", act)
         object.__setattr__(self, "weight", weight)
+
+
+class BiasRounding(KernelOperands):
+    """``b`` moved onto the grid ``x_scale * w_scale[c]`` of the accumulator (with a
+    batch-norm: its folded bias ``(b - mean) * k + beta`` is, and ``b`` absorbs the
+    difference divided by ``k``). The shift is a constant to autograd (QAT trains ``b``)."""
+
+    def __init__(self, act: ActivationQuantizer, weight: WeightQuantizer) -> None:
+        super().__init__(act, weight)
         self._cache: tuple[tuple[Any, ...], torch.Tensor] | None = None
 
     def forward(

@@ -39,8 +39,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from mixq.sim.torch.bias import KernelOperands, rounds_bias
 from mixq.sim.torch.quantizer import ActivationQuantizer, WeightQuantizer
 
 __all__ = ["IntegerLinear", "accumulates_in_integer"]
@@ -51,28 +51,19 @@ def accumulates_in_integer(act: ActivationQuantizer, weight: WeightQuantizer) ->
     int8 weights per tensor or per output channel (16-bit, 4-bit and blocked weights run
     through a float matmul in ORT, or through MatMulNBits, which scales per block)."""
     return (
-        not act.qtype.is_floating_point
-        and act.qtype.bits == 8
+        rounds_bias(act, weight)
         and act.point.axis is None
         and act.point.block_size is None
-        and weight.qtype.name == "int8"
-        and weight.point.block_size is None
         and weight.point.axis in (None, 0)
     )
 
 
-class IntegerLinear(nn.Module):
+class IntegerLinear(KernelOperands):
     """``linear(x, w, b)`` as an int8 kernel computes it, where both quantizers are on and
     calibrated; the float linear otherwise (observing, a quantizer off, masks passing)."""
 
-    act: ActivationQuantizer
-    weight: WeightQuantizer
-
     def __init__(self, act: ActivationQuantizer, weight: WeightQuantizer) -> None:
-        super().__init__()
-        # references, not children: the quantizers are the Sim's, registered once
-        object.__setattr__(self, "act", act)
-        object.__setattr__(self, "weight", weight)
+        super().__init__(act, weight)
         self._codes: tuple[tuple[Any, ...], torch.Tensor, torch.Tensor] | None = None
 
     def forward(
