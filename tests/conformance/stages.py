@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 import mixq
-from mixq.export.ort_accuracy import EXACT_SESSION_CONFIG
+from mixq.export.ort_accuracy import session_options
 from tests.conformance import corpus
 
 __all__ = ["NEEDS", "ONNX_STAGES", "RUNNERS", "STAGES", "Model", "first_line", "run_stages",
@@ -183,11 +183,8 @@ def ort_run(
     optimisation: ORT's fusions, e.g. Conv + BatchNormalization, round differently)."""
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
+    opts = session_options()  # fused MatMulNBits as the file says (accuracy level 1)
     opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
-    for key, value in EXACT_SESSION_CONFIG.items():  # fused MatMulNBits as the file says
-        opts.add_session_config_entry(key, value)
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

@@ -28,7 +28,9 @@ from typing import Any
 
 import onnx
 
-__all__ = ["EXACT_SESSION_CONFIG", "lossy_fusion_note", "session_options"]
+from mixq.export.ort_kernels import int_attr
+
+__all__ = ["ACCURACY_KEY", "EXACT_SESSION_CONFIG", "lossy_fusion_note", "session_options"]
 
 ACCURACY_KEY = "session.qdq_matmulnbits_accuracy_level"
 EXACT_SESSION_CONFIG = {ACCURACY_KEY: "1"}
@@ -48,9 +50,12 @@ def session_options(exact: bool = True) -> Any:
 
 def lossy_fusion_note(path: Path) -> str | None:
     """A sentence naming how many linears ORT's default session runs as MatMulNBits at an
-    accuracy level other than 1 (their inputs quantized to 8 bits), or None."""
+    accuracy level other than 1 (their inputs quantized to 8 bits), or None. A file with no
+    MatMul of that pattern is answered without building a session."""
     import onnxruntime as ort
 
+    if not _fusable(onnx.load(str(path), load_external_data=False).graph):
+        return None
     with tempfile.TemporaryDirectory() as tmp:
         options = session_options(exact=False)
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
@@ -70,3 +75,47 @@ def lossy_fusion_note(path: Path) -> str | None:
         "quantizes their inputs to 8 bits: set the session option "
         f"'{ACCURACY_KEY}' to '1' to run them as written (the export check does)"
     )
+
+
+def _fusable(graph: onnx.GraphProto) -> bool:
+    """Whether some MatMul reads constant weights through a DequantizeLinear (through a
+    Transpose) and its input is not an 8-bit DequantizeLinear's output (through data
+    movement): the pattern ORT
+    fuses into MatMulNBits. An int8 x int8 file (ORT's integer kernels) and a float one
+    have none; where a type cannot be told, the answer is yes (a session decides)."""
+    made = {o: n for n in graph.node for o in n.output}
+    inits = {t.name: t.data_type for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type != "MatMul":
+            continue
+        b = made.get(node.input[1])
+        if b is not None and b.op_type == "Transpose":
+            b = made.get(b.input[0])
+        if b is None or b.op_type != "DequantizeLinear" or b.input[0] not in inits:
+            continue  # ORT fuses constant weights only
+        a = made.get(node.input[0])
+        while a is not None and a.op_type in _MOVES:
+            a = made.get(a.input[0])
+        if a is None or a.op_type != "DequantizeLinear":
+            return True
+        if _element_type(made, inits, a.input[0]) not in _EIGHT_BIT:
+            return True
+    return False
+
+
+_EIGHT_BIT = frozenset({onnx.TensorProto.INT8, onnx.TensorProto.UINT8})
+# between an 8-bit DequantizeLinear and the MatMul reading it (ORT moves the DQ past them)
+_MOVES = frozenset({"Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Slice"})
+
+
+def _element_type(made: dict[str, onnx.NodeProto], inits: dict[str, int], name: str) -> int | None:
+    """The element type of a DequantizeLinear's input: an initializer's, or what its
+    QuantizeLinear writes (its zero point's type, ``output_dtype``, else uint8)."""
+    if name in inits:
+        return inits[name]
+    q = made.get(name)
+    if q is None or q.op_type != "QuantizeLinear":
+        return None
+    if len(q.input) > 2 and q.input[2]:
+        return inits.get(q.input[2])
+    return int_attr(q, "output_dtype", 0) or onnx.TensorProto.UINT8

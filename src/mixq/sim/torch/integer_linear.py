@@ -35,8 +35,6 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
@@ -64,7 +62,11 @@ class IntegerLinear(KernelOperands):
 
     def __init__(self, act: ActivationQuantizer, weight: WeightQuantizer) -> None:
         super().__init__(act, weight)
-        self._codes: tuple[tuple[Any, ...], torch.Tensor, torch.Tensor] | None = None
+        # (weight, scales), their versions, codes, multiplier; the tensors themselves are
+        # held, so a freed one's address cannot match a new weight (QAT makes one per step)
+        self._codes: (
+            tuple[tuple[torch.Tensor, ...], tuple[int, ...], torch.Tensor, torch.Tensor] | None
+        ) = None
 
     def forward(
         self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None
@@ -104,13 +106,18 @@ class IntegerLinear(KernelOperands):
     def _weight_codes(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The weight's integer codes and ``x_scale * w_scale`` per output channel, kept
         until the weight or a scale changes."""
-        x_scale = self.act.scale
-        w_scale = self.weight.scale
+        x_scale, w_scale = self.act.scale, self.weight.scale
         assert x_scale is not None and w_scale is not None
-        key = tuple((t.data_ptr(), t._version) for t in (w, x_scale, w_scale))
-        if self._codes is None or self._codes[0] != key:
+        tensors = (w, x_scale, w_scale)
+        versions = tuple(t._version for t in tensors)
+        cached = self._codes
+        if (
+            cached is None
+            or any(a is not b for a, b in zip(cached[0], tensors, strict=True))
+            or cached[1] != versions
+        ):
             per_channel = w_scale.detach().float().reshape(-1)
             codes = torch.round(w.detach() / per_channel.reshape(-1, 1))
             multiplier = x_scale.detach().float().reshape(()) * per_channel
-            self._codes = (key, codes, multiplier)
-        return self._codes[1], self._codes[2]
+            cached = self._codes = (tensors, versions, codes, multiplier)
+        return cached[2], cached[3]
