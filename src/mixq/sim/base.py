@@ -18,11 +18,13 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -57,6 +59,10 @@ class SimBase:
         """The state every Sim starts from: its graph, plan, resolution and points."""
         if isinstance(resolution, Plan):
             resolution = Resolution(resolution)
+        # the Sim binds itself into its plan for `Plan.cost`; a copy of the caller's plan
+        # keeps that binding here (a caller holding many plans, as a search does, would
+        # otherwise keep every Sim built from them alive: 180 MB each for a MiniLM)
+        resolution = replace(resolution, plan=copy.copy(resolution.plan))
         self.graph = graph
         self.resolution = resolution
         self.plan = resolution.plan
