@@ -12,11 +12,15 @@ Models
     offline. The ONNX graphs end at ``last_hidden_state``; the sentence embedding is the
     mean over the real tokens (attention mask), computed outside the graph for every row.
     Corpus: ``bench/data/sentences.txt`` (hand-written, varied English, 3-45 tokens);
-    calibration = the first ``--calib`` sentences, evaluation = all the others. Every
-    batch (calibration, evaluation, latency) is padded to one fixed length L (the longest
-    sentence, rounded up to 8): ORT's calibrators need a fixed shape.
-  * ``mixq.zoo`` digits CNN, trained here; calibration = training images, evaluation =
-    the 360 test images; the "embedding" is the logit vector (top-1 accuracy in the notes).
+    calibration = the first ``--calib`` sentences, evaluation = all the others. The
+    searches choose their plan on a third split, ``bench/data/validation.txt`` (48
+    sentences, 10 of them 1-3 words: the class the evaluation's worst rows come from).
+    Every batch (calibration, validation, evaluation, latency) is padded to one fixed
+    length L (the longest corpus sentence, rounded up to 8): ORT's calibrators need a
+    fixed shape.
+  * ``mixq.zoo`` digits CNN, trained here; calibration = training images, validation =
+    the training images after them, evaluation = the 360 test images; the "embedding" is
+    the logit vector (top-1 accuracy in the notes).
 
 Rows: ORT fp32; ORT ``quantize_dynamic`` (per-channel, s8 weights, default op types); ORT
 ``quantize_static`` (QDQ, u8 activations / s8 per-channel weights; MatMul only on the
@@ -25,12 +29,14 @@ embedder, Conv/MatMul/Gemm on the CNN); NNCF ``nncf.quantize`` on the fp32 ONNX 
 ``Config(default="int8", target="ort-cpu")``, without and with ``transforms=["smooth"]``
 (SmoothQuant; on post-LN BERT the LayerNorm forks get a per-channel Mul in front of their
 linears); mixq ``search`` to a cosine target (ratio
-strategy, target ort-cpu: int8 or fp32 per unit, cheapest estimated latency); mixq ``search``
-under a budget (budget strategy; ``--budget``, default ``latency=1.3`` of all-int8's
-estimated latency). Both searches score min(mean cos, min cos + 0.005) on the calibration
-sentences, so they aim at cos >= 0.995 with min >= 0.99. mixq rows are built with the public
-API only (``mixq.quantize``, ``mixq.Config``, ``mixq.search``, ``sim.calibrate``,
-``sim.export_onnx``).
+strategy, target ort-cpu, smoothing: int8 or fp32 per unit, cheapest estimated latency);
+mixq ``search`` under a budget (budget strategy; ``--budget``, default ``latency=1.3`` of
+all-int8's estimated latency). Both searches score min(mean cos, min cos + 0.005) on the
+validation split, so they aim at cos >= 0.995 with min >= 0.99. Scored on the calibration
+sentences (in-sample: the ranges were fitted to them) the searches met that and the
+held-out minimum stayed at 0.98: calibration ranges miss what unseen short inputs reach.
+mixq rows are built with the public API only (``mixq.quantize``, ``mixq.Config``,
+``mixq.search``, ``sim.calibrate``, ``sim.export_onnx``).
 
 Columns
   * cos mean / min: cosine of each evaluation sentence's embedding (ORT, that file) vs the
@@ -103,6 +109,7 @@ class Case:
     model: torch.nn.Module
     calib: list[tuple[torch.Tensor, ...]]  # fixed-shape batches
     evals: list[tuple[torch.Tensor, ...]]
+    val: list[tuple[torch.Tensor, ...]]  # the searches' split: neither calibration nor eval
     vector: Callable[[np.ndarray, tuple[np.ndarray, ...]], np.ndarray]  # output -> rows
     static_ops: list[str]
     nncf_type: str | None
@@ -139,8 +146,9 @@ def embedder_case(quick: bool, n_calib: int, batch: int) -> Case:
     if quick:
         bert.encoder.layer = bert.encoder.layer[:1]
     sentences = [s for s in (HERE / "data" / "sentences.txt").read_text().splitlines() if s]
+    validation = [s for s in (HERE / "data" / "validation.txt").read_text().splitlines() if s]
     if quick:
-        sentences = sentences[:64]
+        sentences, validation = sentences[:64], validation[:16]
         n_calib = min(n_calib, 32)
         batch = 16
     length = max(len(tok(s)["input_ids"]) for s in sentences)
@@ -164,16 +172,18 @@ def embedder_case(quick: bool, n_calib: int, batch: int) -> Case:
     calib = [b for b in batches(calib_s) if len(b[0]) == batch]
     layers = len(bert.encoder.layer)
     name = f"all-MiniLM-L6-v2 ({layers} layers), {len(eval_s)} eval sentences, L={length}"
-    return Case(name, Embedder(bert).eval(), calib, batches(eval_s), _mean_pool, ["MatMul"],
-                "TRANSFORMER")  # fmt: skip
+    return Case(name, Embedder(bert).eval(), calib, batches(eval_s), batches(validation),
+                _mean_pool, ["MatMul"], "TRANSFORMER")  # fmt: skip
 
 
 def cnn_case(quick: bool) -> Case:
     model, data = mixq.zoo.train_digits_cnn(epochs=8 if quick else 20)
-    calib = [b for b in data.calibration_batches(64) if len(b[0]) == 64][: 4 if quick else 12]
+    full = [b for b in data.calibration_batches(64) if len(b[0]) == 64]
+    n = 4 if quick else 12
+    calib, val = full[:n], full[n : n + 4]
     evals = [(data.x_test[i : i + 64],) for i in range(0, len(data.x_test), 64)]
-    case = Case("digits CNN (mixq.zoo), 360 test images", model, calib, evals, _identity,
-                ["Conv", "MatMul", "Gemm"], None)  # fmt: skip
+    case = Case("digits CNN (mixq.zoo), 360 test images", model, calib, evals, val,
+                _identity, ["Conv", "MatMul", "Gemm"], None)  # fmt: skip
     case.labels = data.y_test.numpy()
     return case
 
@@ -436,13 +446,13 @@ MIN_COS = 0.99  # the worst sentence's cosine the searches also aim for
 
 
 def search_evaluator(case: Case) -> Callable[[Any], float]:
-    """sim -> a cosine score of its embeddings vs float on the calibration batches: the mean,
+    """sim -> a cosine score of its embeddings vs float on the validation batches: the mean,
     capped at the worst sentence's cosine + (TARGET_COS - MIN_COS), so a plan scores
     TARGET_COS only when its mean reaches TARGET_COS and its minimum MIN_COS."""
-    refs = torch_embeddings(case.model, case, case.calib)
+    refs = torch_embeddings(case.model, case, case.val)
 
     def pooled_cosine(sim: Any) -> float:
-        c = cosines(torch_embeddings(sim, case, case.calib), refs)
+        c = cosines(torch_embeddings(sim, case, case.val), refs)
         return float(min(c.mean(), c.min() + TARGET_COS - MIN_COS))
 
     return pooled_cosine
@@ -459,11 +469,12 @@ def mixq_search(case: Case, out: Path, seconds: float, budget: dict[str, float] 
         kwargs = {"strategy": "budget", "budget": budget, "cost": cost, "candidates": ("int8",)}
     start = time.perf_counter()
     with _quiet():
-        result = mixq.search(case.model, case.example, calib=case.calib,
+        result = mixq.search(case.model, case.example, calib=case.calib, data=case.val,
                              evaluate=search_evaluator(case), target=TARGET_COS, config=base,
-                             time_budget_s=seconds, progress=False, **kwargs)  # fmt: skip
+                             transforms=["smooth"], time_budget_s=seconds, progress=False,
+                             **kwargs)  # fmt: skip
     wall = time.perf_counter() - start
-    mixq_export(case, result.plan, out)
+    mixq_export(case, result.plan, out)  # the plan records the smoothing; quantize re-applies it
     note = f"met={result.met_target}, {len(result.points)} evals"
     return out, wall, note
 
@@ -502,9 +513,9 @@ def run_case(case: Case, args: argparse.Namespace, tmp: Path) -> list[Row]:
         ("mixq all-int8 + smooth, target ort-cpu",
          lambda p: mixq_export(case, mixq.Config(default="int8", target="ort-cpu"), p,
                                ["smooth"])),
-        (f"mixq search ratio, cos >= {TARGET_COS} / min >= {MIN_COS}",
+        (f"mixq search ratio + smooth, cos >= {TARGET_COS} / min >= {MIN_COS}",
          lambda p: mixq_search(case, p, args.search_s, None)),
-        (f"mixq search budget {args.budget}, cos >= {TARGET_COS} / min >= {MIN_COS}",
+        (f"mixq search budget {args.budget} + smooth, cos >= {TARGET_COS} / min >= {MIN_COS}",
          lambda p: mixq_search(case, p, args.search_s, budget_f)),
     ]  # fmt: skip
     rows = []

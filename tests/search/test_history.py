@@ -72,3 +72,15 @@ def test_time_budget_still_returns_a_plan(digits):
                          candidates=["int8", "int16"], time_budget_s=0, progress=False)  # fmt: skip
     assert result.evaluations == 1 and "time budget" in result.note
     assert not result.met_target and result.plan is not None and result.miss > 0
+
+
+def test_a_search_scored_on_its_calibration_data_says_so(digits):
+    """Scored on ``calib`` the plan is judged on the inputs its ranges were fitted to, which
+    hides inputs that reach past them; the result says so unless ``data`` was given."""
+    model, example, calib, data, _ = digits
+    kw = dict(evaluate="sqnr", target=0, candidates=["int8"], progress=False)
+    in_sample = mixq.search(model, example, calib=calib, **kw)
+    held_out = mixq.search(model, example, calib=calib, data=data, **kw)
+    assert in_sample.met_target and held_out.met_target
+    assert "data=" in in_sample.note and "calibration" in in_sample.summary()
+    assert "data=" not in held_out.note

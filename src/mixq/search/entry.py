@@ -50,6 +50,11 @@ from mixq.sim.torch.runner import make_runner
 
 __all__ = ["search"]
 
+IN_SAMPLE = (
+    "scored on the calibration batches, the inputs the ranges were fitted to: pass data= "
+    "(a split of your own) to choose a plan that holds on inputs calibration did not see"
+)
+
 
 def search(
     model: Any,
@@ -94,6 +99,9 @@ def search(
             (activation, weight), ``"fp16"`` ...; each unit gets those its target runs.
         strategy: ``ratio``, ``fallback``, ``pareto`` or ``budget``.
         data: evaluation batches (default: ``calib``); ``labels`` one tensor per batch.
+            Scored on ``calib`` a plan is judged on the inputs its ranges were fitted to;
+            inputs that reach past those ranges (short sentences in an embedder) are not
+            seen, so pass a split of your own to choose plans that hold on new inputs.
         config: the base config (target profile, fixed ranges, scheme, what ``keep`` keeps).
         budget: ``{"bops" | "weight_bytes" | "latency": fraction of the all-int8 cost}``:
             the ``budget`` strategy optimises within it; ``fallback`` only makes moves that
@@ -131,7 +139,7 @@ def search(
         raise ConfigError(f"cost must be bops, latency or weight_bytes, not {cost!r}")
     run_on = make_executor(executor, workers, ray_address)  # nothing starts before a task
     check_picklable(evaluate, run_on)
-    calib = list(calib)
+    calib, data_given = list(calib), data
     data = list(data) if data is not None else calib
     if not calib or not data:
         raise ConfigError("search needs calibration data: at least one batch of model inputs")
@@ -162,6 +170,8 @@ def search(
     finally:
         if trials.executor is not executor:  # made here, so ended here
             trials.executor.close()
+    if data_given is None and not callable(evaluate):
+        note = "\n".join(filter(None, [note, IN_SAMPLE]))
     return SearchResult.build(trials, strategy, baseline, anchors, note)
 
 
