@@ -32,6 +32,7 @@ import onnx
 from mixq.core.errors import MixqError
 from mixq.export.check import DEFAULT_MIN_SQNR_DB, Checked, ExportCheckError
 from mixq.export.onnx_edit import exclude_pool_overhang
+from mixq.export.onnx_scale_fold import fold_scales_into_linears
 from mixq.export.ort_accuracy import lossy_fusion_note
 from mixq.export.ort_gather import gather_quantized_rows
 from mixq.export.ort_kernels import (
@@ -268,6 +269,7 @@ def finish_export(
     options = check if isinstance(check, ExportOptions) else ExportOptions(check=check)
     exclude_pool_overhang(model.graph)
     fold_castlike_constants(model)
+    fold_scales_into_linears(model)
     store_integer_weights(model)
     if load_target(sim.plan.target).kernel("linear") == TO_FLOAT:
         fused = {**fuse_integer_linears(model), **fuse_nbits_linears(model)}
