@@ -50,6 +50,7 @@ __all__ = [
     "int_attr",
     "node_key",
     "splice",
+    "swaps_2d",
     "unfuse_residual_norms",
 ]
 
@@ -109,12 +110,16 @@ def int_attr(node: onnx.NodeProto, name: str, default: int) -> int:
     return next((a.i for a in node.attribute if a.name == name), default)
 
 
+def swaps_2d(transpose: onnx.NodeProto) -> bool:
+    """Whether a Transpose swaps the two axes of a matrix (``perm`` [1, 0], the default)."""
+    return next((list(a.ints) for a in transpose.attribute if a.name == "perm"), [1, 0]) == [1, 0]
+
+
 def _weight(g: GraphIndex, name: str) -> tuple | None:
     """(DQ, Transpose or None, [K, N] weights, scale, zero point) of a MatMul's B input."""
     transpose = g.made_by(name, "Transpose")
     if transpose is not None:
-        perm = next((list(a.ints) for a in transpose.attribute if a.name == "perm"), [1, 0])
-        if perm != [1, 0] or not g.only_reader(transpose.output[0]):
+        if not swaps_2d(transpose) or not g.only_reader(transpose.output[0]):
             return None
         name = transpose.input[0]
     dq = g.made_by(name, "DequantizeLinear")

@@ -32,7 +32,15 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from mixq.export.ort_kernels import MS_DOMAIN, GraphIndex, absorb, bias_add, int_attr, splice
+from mixq.export.ort_kernels import (
+    MS_DOMAIN,
+    GraphIndex,
+    absorb,
+    bias_add,
+    int_attr,
+    splice,
+    swaps_2d,
+)
 
 __all__ = ["fuse_nbits_linears"]
 
@@ -67,7 +75,7 @@ def _nbits(g: GraphIndex, matmul: onnx.NodeProto) -> _NBits | None:
     """The MatMulNBits form of ``matmul`` where its B is a 4- or 8-bit DequantizeLinear."""
     name, transpose = matmul.input[1], g.made_by(matmul.input[1], "Transpose")
     if transpose is not None:
-        if _perm(transpose) != [1, 0] or not g.only_reader(transpose.output[0]):
+        if not swaps_2d(transpose) or not g.only_reader(transpose.output[0]):
             return None
         name = transpose.input[0]
     dq = g.made_by(name, "DequantizeLinear")
@@ -101,10 +109,6 @@ def _nbits(g: GraphIndex, matmul: onnx.NodeProto) -> _NBits | None:
         zero_points=_per_block(zeros, n, blocks, bool(block), k_axis == 1) + shift,
         block=size, bias_add=add, bias=bias,
     )  # fmt: skip
-
-
-def _perm(node: onnx.NodeProto) -> list[int]:
-    return next((list(a.ints) for a in node.attribute if a.name == "perm"), [1, 0])
 
 
 def _packed(values: np.ndarray, bits: int) -> np.ndarray:

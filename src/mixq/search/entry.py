@@ -139,7 +139,8 @@ def search(
         raise ConfigError(f"cost must be bops, latency or weight_bytes, not {cost!r}")
     run_on = make_executor(executor, workers, ray_address)  # nothing starts before a task
     check_picklable(evaluate, run_on)
-    calib, data_given = list(calib), data
+    in_sample = data is None and not callable(evaluate)  # a custom evaluate has its own data
+    calib = list(calib)
     data = list(data) if data is not None else calib
     if not calib or not data:
         raise ConfigError("search needs calibration data: at least one batch of model inputs")
@@ -170,7 +171,7 @@ def search(
     finally:
         if trials.executor is not executor:  # made here, so ended here
             trials.executor.close()
-    if data_given is None and not callable(evaluate):
+    if in_sample:
         note = "\n".join(filter(None, [note, IN_SAMPLE]))
     return SearchResult.build(trials, strategy, baseline, anchors, note)
 
