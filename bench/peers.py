@@ -29,7 +29,8 @@ embedder, Conv/MatMul/Gemm on the CNN); NNCF ``nncf.quantize`` on the fp32 ONNX 
 ``Config(default="int8", target="ort-cpu")``, without and with ``transforms=["smooth"]``
 (SmoothQuant; on post-LN BERT the LayerNorm forks get a per-channel Mul in front of their
 linears); mixq ``search`` to a cosine target (ratio
-strategy, target ort-cpu, smoothing: int8 or fp32 per unit, cheapest estimated latency);
+strategy, target ort-cpu, smoothing: each linear int8, dynamic int8 (``uint8_dynamic``,
+quantize_dynamic's form) or fp32, cheapest estimated latency);
 mixq ``search`` under a budget (budget strategy; ``--budget``, default ``latency=1.3`` of
 all-int8's estimated latency). Both searches score min(mean cos, min cos + 0.005) on the
 validation split, so they aim at cos >= 0.995 with min >= 0.99. Scored on the calibration
@@ -461,12 +462,14 @@ def search_evaluator(case: Case) -> Callable[[Any], float]:
 def mixq_search(case: Case, out: Path, seconds: float, budget: dict[str, float] | None
                 ) -> tuple[Path, float, str]:  # fmt: skip
     base = mixq.Config(default="int8", target="ort-cpu")
-    # ort-cpu runs int8 or float (fp32 is every integer unit's other option); 16-bit and
-    # fp16 have no fast kernels there. The cheapest passing plan by latency wins.
-    kwargs: dict[str, Any] = {"strategy": "ratio", "candidates": ("int8",), "cost": "latency"}
+    # ort-cpu runs int8 (calibrated or dynamic) or float (fp32 is every integer unit's last
+    # option); 16-bit and fp16 have no fast kernels there. The cheapest passing plan by
+    # latency wins.
+    candidates = ("int8", "uint8_dynamic")
+    kwargs: dict[str, Any] = {"strategy": "ratio", "candidates": candidates, "cost": "latency"}
     if budget is not None:
         cost = "latency" if "latency" in budget else "bops"
-        kwargs = {"strategy": "budget", "budget": budget, "cost": cost, "candidates": ("int8",)}
+        kwargs = {"strategy": "budget", "budget": budget, "cost": cost, "candidates": candidates}
     start = time.perf_counter()
     with _quiet():
         result = mixq.search(case.model, case.example, calib=case.calib, data=case.val,

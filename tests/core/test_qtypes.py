@@ -15,6 +15,7 @@ EXPECTED = {
     "uint4": (4, 0, 15, False),
     "int8": (8, -128, 127, False),
     "uint8": (8, 0, 255, False),
+    "uint8_dynamic": (8, 0, 255, False),
     "int16": (16, -32768, 32767, False),
     "uint16": (16, 0, 65535, False),
     "fp8_e4m3": (8, 0, 0, True),

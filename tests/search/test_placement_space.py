@@ -76,3 +76,29 @@ def test_cost_counts_to_float_ops_at_integer_cost_and_fp32_dearer(bert_space):
     one = trials.plan({**space.uniform(cand=INT8), q: FP32})[1]["latency"]
     assert int8 < one < fp32
     assert space.move_cost(space.uniform(cand=INT8), q, FP32, "latency") > 0
+
+
+DYN = Candidate("uint8_dynamic", "int8")
+
+
+def test_dynamic_inputs_are_an_option_of_weighted_integer_linears_only(bert_space):
+    """ORT's quantize_dynamic form (DynamicQuantizeLinear -> MatMulIntegerToFloat) is fast
+    only where a linear's weight is constant: a matmul of two activations, or any unit
+    computed in float, is not offered it."""
+    space = bert_space("ort-cpu")
+    model_space = SearchSpace(
+        space.graph, space.base, parse_candidates(["int8", DYN, "fp32"]), space.stats
+    )
+    for u in model_space.units.values():
+        weighted = any(space.graph.ops[n].weights for n in u.ops)
+        offered = DYN in u.options
+        assert offered == (weighted and u.style == "to_float" and u.kind == "linear"), u.name
+    q = "encoder.layer.0.attention.self.query"
+    assert model_space.units[q].options == [INT8, DYN, FP32]  # by cost: the range pass
+    plan = model_space.plan({**model_space.uniform(cand=INT8), q: DYN})
+    assert plan[q].input == ("uint8_dynamic",) and plan[q].output == ("fp32",)
+    assert plan["encoder.layer.0.attention.self.key"].input == ("int8",)
+    trials = Trials(model_space, space.factory, Evaluator("cosine", []), 0.9, "latency")
+    costs = [trials.plan({**model_space.uniform(cand=INT8), q: c})[1]["latency"]
+             for c in (INT8, DYN, FP32)]  # fmt: skip
+    assert costs[0] < costs[1] < costs[2]

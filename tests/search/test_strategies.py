@@ -204,3 +204,38 @@ def test_ratio_bisects_then_keeps_searching_down(digits, digits_target):
     assert len(ratio) <= 2 + math.ceil(math.log2(units)) + 1 and prune
     met = [p for p in result.points if p.met]
     assert result.best.cost["bops"] == min(p.cost["bops"] for p in met)
+
+
+def test_prune_lowers_each_raised_unit_as_far_as_the_target_holds(monkeypatch):
+    """With three options a unit (int8 < dynamic int8 < fp32) raised to fp32 that the target
+    lets back to int8 must get there: one step each left the MiniLM search with 16 linears
+    at dynamic int8 that int8 served as well (3 after this change, same held-out cosines)."""
+    from types import SimpleNamespace
+
+    from mixq.search import strategies
+    from mixq.search.space import Candidate, Unit
+
+    low, mid, top = (
+        Candidate("int8", "int8"),
+        Candidate("uint8_dynamic", "int8"),
+        Candidate("fp32", "fp32"),
+    )
+    units = [Unit("a", ("a",), "linear", options=[low, mid, top]),
+             Unit("b", ("b",), "linear", options=[low, mid, top])]  # fmt: skip
+    need = {"a": 1, "b": 0}  # the lowest option index at which the target holds
+    tried: list[str] = []
+
+    def evaluate(assignment, label):
+        tried.append(label)
+        ok = all(u.options.index(assignment[u.name]) >= need[u.name] for u in units)
+        return SimpleNamespace(met=ok)
+
+    space = SimpleNamespace(free=units, uniform=lambda i: {u.name: u.options[i] for u in units})
+    trials = SimpleNamespace(space=space, evaluate=evaluate, progress=None)
+    errors = {"a": {str(low): 2.0}, "b": {str(low): 1.0}}
+    monkeypatch.setattr(strategies, "unit_errors", lambda *a, **k: errors)
+    strategies._prune(trials, {"a": top, "b": top}, batch=None)
+    assert tried == [
+        "prune lower b to uint8_dynamic/int8", "prune lower b to int8",  # b first: less harm
+        "prune lower a to uint8_dynamic/int8", "prune lower a to int8",  # the last one misses
+    ]  # fmt: skip

@@ -101,7 +101,9 @@ def test_profile_target_times_every_kind_and_int8_only_where_ort_has_kernels(mea
         assert {"fp32", "fp16"} <= set(lines), kind
         assert ("int8" in lines) == (kind in ("linear", "matmul", "conv", "add")), kind
         assert all(fixed >= 0 and slope >= 0 for fixed, slope in lines.values())
-    assert set(table.convert) == {"int8", "int16", "fp16"} and table.call_us > 0
+    assert set(table.convert) == {"int8", "int16", "fp16", "dynamic"} and table.call_us > 0
+    # DynamicQuantizeLinear reads its input twice (min / max, then quantize)
+    assert table.convert["dynamic"] > table.convert["int8"]
     assert "onnxruntime" in table.runtime
     assert measured.integer_kernels == TargetProfile.load("ort-cpu").integer_kernels
 
@@ -180,3 +182,25 @@ def test_an_attention_pays_for_its_scores_and_a_mask():
     assert _op_us("attention", "fp32", bare) == pytest.approx(matmuls + softmax)
     extra = 3 * TABLE.op_us("add", "fp32", 110_592)  # the mask's add, IsNaN, Where
     assert _op_us("attention", "fp32", masked) == pytest.approx(matmuls + softmax + extra)
+
+
+@pytest.mark.parametrize("dynamic_ns", [None, 3.0])  # a table from before dynamic entries
+def test_a_dynamic_input_costs_its_range_pass_over_a_calibrated_one(dynamic_ns):
+    from dataclasses import replace
+
+    from mixq.plan import OpPlan
+    from mixq.plan.cost import OpStats, op_cost
+
+    convert = dict(TABLE.convert) | ({"dynamic": dynamic_ns} if dynamic_ns else {})
+    profile = replace(TargetProfile.load("ort-cpu"), latency=replace(TABLE, convert=convert))
+    stats = OpStats(macs=10**6, elements=2000, inputs={"x": 2000}, roles={"weight": "w"},
+                    weights={"w": 500})  # fmt: skip
+
+    def at(act: str) -> float:
+        op = OpPlan("fc", "linear", "fc", (act,), ("fp32",), {"weight": "int8"})
+        return op_cost(op, stats, profile)["latency"]
+
+    per_element = dynamic_ns if dynamic_ns else 2 * TABLE.convert["int8"]
+    extra = (per_element - TABLE.convert["int8"]) * 2000 / 1000
+    assert at("uint8") == pytest.approx(TABLE.op_us("linear", "int8", 10**6))
+    assert at("uint8_dynamic") == pytest.approx(at("uint8") + extra) and extra > 0

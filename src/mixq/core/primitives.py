@@ -24,6 +24,7 @@ __all__ = [
     "cast",
     "choose_qparams",
     "dequantize",
+    "dynamic_qparams",
     "fake_quantize",
     "quantize",
     "reciprocal_scale",
@@ -228,6 +229,26 @@ def choose_qparams(
     scale = torch.clamp((hi - lo) / (t.qmax - t.qmin), min=eps)
     scale = reciprocal_scale(scale) if reciprocal else scale
     zero_point = torch.clamp(torch.round(t.qmin - lo / scale), t.qmin, t.qmax)
+    return scale, zero_point
+
+
+def dynamic_qparams(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scale and zero point ONNX ``DynamicQuantizeLinear`` chooses for ``x`` (uint8):
+    the range ``[min(x, 0), max(x, 0)]`` over 255 steps, computed in float32, the zero
+    point ``round_half_to_even(-min / scale)`` saturated to [0, 255]. An all-zero ``x``
+    gets scale 1 (every code is then the zero point, 0).
+
+    Example:
+        >>> [round(float(v), 6) for v in dynamic_qparams(torch.tensor([-1.0, 2.0, 0.5]))]
+        [0.011765, 85.0]
+    """
+    with torch.no_grad():
+        v = x.detach().to(torch.float32)
+        lo = torch.clamp(v.min(), max=0.0) if v.numel() else torch.tensor(0.0)
+        hi = torch.clamp(v.max(), min=0.0) if v.numel() else torch.tensor(0.0)
+        scale = (hi - lo) / 255.0
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        zero_point = torch.round(torch.clamp(-lo / scale, 0.0, 255.0))
     return scale, zero_point
 
 

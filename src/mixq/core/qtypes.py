@@ -6,6 +6,8 @@ Example:
     (-128, 127)
     >>> qtype("fp16").is_floating_point
     True
+    >>> qtype("dynamic").name, qtype("uint8_dynamic").dynamic
+    ('uint8_dynamic', True)
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ class QType:
 
     Integer types carry their grid (``qmin``..``qmax``); float types carry the torch
     dtype used to round to them and their largest finite value (saturation bound).
+
+    ``dynamic``: an activation precision whose scale and zero point are chosen on every
+    call from the tensor's own min and max (ONNX ``DynamicQuantizeLinear``: uint8, the range
+    widened to include 0), so it needs no calibration. ONNX Runtime's CPU provider runs a
+    linear reading it as ``DynamicQuantizeLinear`` -> ``MatMulIntegerToFloat``, what its
+    ``quantize_dynamic`` writes.
     """
 
     name: str
@@ -33,10 +41,17 @@ class QType:
     torch_dtype: torch.dtype | None = None
     max_finite: float = 0.0
     mantissa_bits: int = 0
+    dynamic: bool = False
 
     @property
     def is_signed(self) -> bool:
         return self.is_floating_point or self.qmin < 0
+
+    @property
+    def calibrated(self) -> bool:
+        """True for integer precisions whose scale comes from a range (calibrated, fixed or
+        loaded); float and dynamic precisions need none."""
+        return not self.is_floating_point and not self.dynamic
 
     @property
     def is_identity(self) -> bool:
@@ -81,6 +96,7 @@ QTYPES: dict[str, QType] = {
         _int("uint4", 4, False),
         _int("int8", 8, True),
         _int("uint8", 8, False),
+        QType("uint8_dynamic", 8, False, qmin=0, qmax=255, mantissa_bits=8, dynamic=True),
         _int("int16", 16, True),
         _int("uint16", 16, False),
         _float("fp8_e4m3", 8, torch.float8_e4m3fn, 3),
@@ -96,6 +112,7 @@ _STORAGE = {
     "uint4": torch.uint8,
     "int8": torch.int8,
     "uint8": torch.uint8,
+    "uint8_dynamic": torch.uint8,
     "int16": torch.int16,
     "uint16": torch.int32,  # torch.uint16 lacks most kernels; int32 holds 0..65535 exactly
 }
@@ -108,6 +125,8 @@ _ALIASES = {
     "bfloat16": "bf16",
     "fp8": "fp8_e4m3",
     "fp8_e4m3fn": "fp8_e4m3",
+    "dynamic": "uint8_dynamic",
+    "dynamic_uint8": "uint8_dynamic",
 }
 
 

@@ -64,14 +64,30 @@ def check_keys(data: Any, allowed: Iterable[str] | type, where: str) -> Mapping[
     return data
 
 
-def precision_name(value: Any, where: str) -> str | None:
-    """The canonical name of one precision (None stays None)."""
+def precision_name(value: Any, where: str, weight: bool = False) -> str | None:
+    """The canonical name of one precision (None stays None); a ``weight`` 's is never
+    dynamic (weights are constants: their scale is chosen once)."""
     if value is None:
         return None
     try:
-        return qtype(value).name
+        t = qtype(value)
     except ValueError as e:
         raise ConfigError(f"{where}: {e}") from None
+    if t.dynamic and weight:
+        raise ConfigError(
+            f"{where}: {t.name} chooses its scale on every call, which only an activation "
+            "needs; give weights a static precision (int8 is the fast pair with it)"
+        )
+    return t.name
+
+
+def static_weight(precision: str) -> str:
+    """The weight precision that goes with an activation precision named alone: itself,
+    or int8 for a dynamic one (ORT's fast pair: u8 activations, s8 weights)."""
+    try:
+        return "int8" if qtype(precision).dynamic else precision
+    except ValueError:
+        return precision  # the caller's check names the unknown precision
 
 
 def precision_names(value: Any, where: str) -> tuple[str, ...]:

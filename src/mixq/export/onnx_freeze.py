@@ -121,7 +121,13 @@ class SimFreezer(ModelEdit):
 
     def _activation(self, q: OnnxActivationQuantizer, quantized: str) -> None:
         dq = self.producer[quantized]
+        if q.qtype.dynamic and dq.op_type == "Cast":  # a float16 tensor, cast to float32
+            dq = self.producer[dq.input[0]]
         qn = self.producer[dq.input[0]]
+        if q.qtype.dynamic:  # DynamicQuantizeLinear -> DequantizeLinear, nothing to fix
+            qn.name, dq.name = f"{q.name}/DynamicQuantizeLinear", f"{q.name}/DequantizeLinear"
+            self.names[q.name] = {"DynamicQuantizeLinear": qn.name, "DequantizeLinear": dq.name}
+            return
         assert q.scale is not None and q.zero_point is not None
         elem, zp = ONNX_TYPES[q.qtype.name], q.zero_point.reshape(()).to(torch.int64)
         if q.qtype.name == "int8":

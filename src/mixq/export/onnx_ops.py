@@ -1,7 +1,8 @@
 """Torch custom ops that stand for quantizers during ONNX export, and their ONNX translations.
 
-``mixq::qdq`` becomes QuantizeLinear -> DequantizeLinear, ``mixq::dq`` (a weight stored as
-integers) becomes DequantizeLinear, ``mixq::cast`` becomes a Cast to a float precision and
+``mixq::qdq`` becomes QuantizeLinear -> DequantizeLinear, ``mixq::dynamic_qdq``
+DynamicQuantizeLinear -> DequantizeLinear (a dynamic precision), ``mixq::dq`` (a weight
+stored as integers) becomes DequantizeLinear, ``mixq::cast`` becomes a Cast to a float precision and
 back. Their torch bodies compute what the Sim computes, so the exported program runs too.
 
 Example:
@@ -40,6 +41,18 @@ def qdq(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, dtype: s
 def _qdq_fake(
     x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, dtype: str
 ) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+@custom_op("mixq::dynamic_qdq", mutates_args=())
+def dynamic_qdq(x: torch.Tensor) -> torch.Tensor:
+    """Fake quantization with this call's scale and zero point (uint8, ONNX
+    DynamicQuantizeLinear)."""
+    return P.fake_quantize(x, *P.dynamic_qparams(x), "uint8")
+
+
+@dynamic_qdq.register_fake
+def _dynamic_qdq_fake(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x)
 
 
@@ -96,6 +109,11 @@ def _qdq_onnx(x: Any, scale: Any, zero_point: Any, dtype: str) -> Any:
     return op.DequantizeLinear(op.QuantizeLinear(x, scale, zp), scale, zp)
 
 
+def _dynamic_qdq_onnx(x: Any) -> Any:
+    q, scale, zero_point = op.DynamicQuantizeLinear(x)
+    return op.DequantizeLinear(q, scale, zero_point)
+
+
 def _dq_onnx(q: Any, scale: Any, zero_point: Any, dtype: str, axis: int, block_size: int) -> Any:
     to = ONNX_DTYPES[dtype]
     if block_size:
@@ -111,6 +129,7 @@ def _cast_onnx(x: Any, dtype: str) -> Any:
 
 TRANSLATIONS: dict[Any, Any] = {
     torch.ops.mixq.qdq.default: _qdq_onnx,
+    torch.ops.mixq.dynamic_qdq.default: _dynamic_qdq_onnx,
     torch.ops.mixq.dq.default: _dq_onnx,
     torch.ops.mixq.cast.default: _cast_onnx,
     torch.ops.mixq.reshape.default: _reshape_onnx,

@@ -4,10 +4,12 @@ Three rewrites, all exact (the values do not change, only which kernels compute 
 
 - `fuse_integer_linears`: a linear written as Q/DQ (``DQ(x_q)``, ``DQ(w_q)`` [``Transpose``],
   ``MatMul``, then ``Add(bias)``) becomes one ``com.microsoft.MatMulIntegerToFloat`` with its
-  bias. ORT turns the Q/DQ form into the same kernel itself, but without the bias: the Add
-  then runs on its own (and a GELU after it as BiasGelu), which on a BERT costs 4-10 % of
-  the int8 model's time. ORT's own fusion of the portable spelling (MatMulInteger, Cast, Mul)
-  never fires on a calibrated file: constant folding merges the two scales first.
+  bias; ``x_q`` may come from a DynamicQuantizeLinear (a dynamic precision), whose scale and
+  zero point the kernel then reads as computed. ORT turns the Q/DQ form into the same kernel
+  itself, but without the bias: the Add then runs on its own (and a GELU after it as
+  BiasGelu), which on a BERT costs 4-10 % of the int8 model's time. ORT's own fusion of the
+  portable spelling (MatMulInteger, Cast, Mul) never fires on a calibrated file: constant
+  folding merges the two scales first.
 - `fold_castlike_constants`: ``CastLike(constant, x)`` becomes a constant of ``x``'s type. The
   torch exporter writes attention's scale that way; ORT cannot fold it (``x`` is not
   constant), so the scale stays two Muls on q and k instead of folding into the MatMul.
@@ -163,7 +165,12 @@ def _linears(g: GraphIndex) -> list[_Linear]:
         weight = _weight(g, node.input[1])
         if act_dq is None or weight is None or len(act_dq.input) < 3:
             continue
-        a_scale, a_zp = g.const(act_dq.input[1]), g.const(act_dq.input[2])
+        a_scale: np.ndarray | None
+        a_zp: np.ndarray | None
+        if _dynamic_input(g, act_dq):  # u8 with a float32 scale, computed per call
+            a_scale, a_zp = np.ones(1, np.float32), np.zeros(1, np.uint8)
+        else:
+            a_scale, a_zp = g.const(act_dq.input[1]), g.const(act_dq.input[2])
         if a_scale is None or a_zp is None or a_scale.size != 1 or a_zp.dtype.itemsize != 1:
             continue
         dq, transpose, kn, scale, zp = weight
@@ -174,6 +181,13 @@ def _linears(g: GraphIndex) -> list[_Linear]:
         add, bias = bias_add(g, node, kn.shape[1])
         found.append(_Linear(node, act_dq, dq, transpose, kn, scale, zp, add, bias))
     return found
+
+
+def _dynamic_input(g: GraphIndex, act_dq: onnx.NodeProto) -> bool:
+    """Whether the DequantizeLinear reads all three outputs of one DynamicQuantizeLinear
+    (a dynamic precision: its scale and zero point are computed, not constants)."""
+    dql = g.made_by(act_dq.input[0], "DynamicQuantizeLinear")
+    return dql is not None and list(act_dq.input[:3]) == list(dql.output[:3])
 
 
 def fuse_integer_linears(model: onnx.ModelProto) -> dict[str, str]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 from pathlib import Path
 from typing import Any, cast
 
@@ -40,6 +39,7 @@ from mixq.export.core import (
 from mixq.export.io_types import float_io, io_precisions, ort_session
 from mixq.export.islands import make_float_islands
 from mixq.export.onnx_ops import TRANSLATIONS
+from mixq.export.qdq_names import name_qdq_nodes
 from mixq.observers.base import MASK_MAGNITUDE
 from mixq.sim.torch.capture import dynamic_shapes, split_inputs
 from mixq.sim.torch.quantizer import ActivationQuantizer, WeightQuantizer
@@ -60,6 +60,7 @@ class _Rewriter:
         self.graph = self.gm.graph
         self.count = 0
         self.names: dict[str, str] = {}  # buffer prefix -> quantizer name
+        self.dynamic: list[str] = []  # dynamic quantizers, in graph order
 
     def _buffer(self, kind: str, value: torch.Tensor, qname: str) -> fx.Node:
         name = f"mixq_{kind}_{self.count}"
@@ -137,6 +138,9 @@ class _Rewriter:
         self.graph.erase_node(node)
 
     def _activation(self, node: fx.Node, q: ActivationQuantizer) -> fx.Node:
+        if q.qtype.dynamic:
+            self.dynamic.append(q.name)
+            return self.graph.call_function(torch.ops.mixq.dynamic_qdq.default, (node.args[0],))
         if q.scale is None or q.zero_point is None:
             raise MixqError(f"quantizer {q.name!r} has no scale: calibrate before exporting")
         dtype, zero_point = q.qtype.name, q.zero_point.reshape(()).float()
@@ -207,34 +211,6 @@ def _batch_norm_of(graph: Any, op: str, target: str) -> str:
     """The batch-norm fused after ``op`` (the one whose scale is folded into its weight)."""
     group = target_fusion_groups(graph, target)[op].ops
     return next(n for n in group if graph.ops[n].kind == "batch_norm")
-
-
-def name_qdq_nodes(model: onnx.ModelProto, names: dict[str, str]) -> dict[str, dict[str, str]]:
-    """Rename Q / DQ nodes after their quantizer (found via their scale initializer) and
-    record them in the model's ``mixq.quantizers`` metadata.
-
-    Example:
-        >>> import onnx
-        >>> name_qdq_nodes(onnx.ModelProto(), {})
-        {}
-    """
-    out: dict[str, dict[str, str]] = {}
-    for node in model.graph.node:
-        if node.op_type == "QuantizeLinear" and len(node.input) > 2:
-            # the zero point fixes the type; an explicit output_dtype breaks ORT's s8 -> u8
-            # rewrite of Q/DQ pairs ("output_dtype INT8 does not match y_zero_point UINT8")
-            keep = [a for a in node.attribute if a.name != "output_dtype"]
-            del node.attribute[:]
-            node.attribute.extend(keep)
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 1:
-            qname = names.get(node.input[1])
-            if qname is not None:
-                base = f"{qname}/{node.op_type}"
-                taken = sum(1 for v in out.values() for n in v.values() if n.startswith(base))
-                node.name = base if not taken else f"{base}_{taken}"
-                out.setdefault(qname, {})[node.op_type if not taken else node.name] = node.name
-    model.metadata_props.add(key="mixq.quantizers", value=json.dumps(out))
-    return out
 
 
 def _check_integer_coverage(sim: Any, report: ExportReport) -> None:
@@ -377,7 +353,8 @@ def export_onnx(sim: Any, path: str | Path, options: ExportOptions) -> ExportRep
     dynamic = getattr(sim, "static_shapes", None) is None
     args, kwargs = sim.example_inputs
     model, shape_notes = _to_onnx(module, args, kwargs, dynamic)
-    report = ExportReport(Path(path), name_qdq_nodes(model, rewriter.names), notes=islands)
+    names = name_qdq_nodes(model, rewriter.names, rewriter.dynamic)
+    report = ExportReport(Path(path), names, notes=islands)
     report.notes += shape_notes
     report.notes += _softmax_notes(sim) + ([U8_WEIGHTS_NOTE] if u8 else [])
     _check_coverage(sim, model, report, options.float_islands)

@@ -157,7 +157,7 @@ def op_cost(
     if not isinstance(target, dict) and target.latency is not None:
         kernel = kernel_precision((*acts, *weights), target.kernel(op.kind) is not None)
         measured = target.latency.op_us(op.kind, kernel, stats.macs or stats.elements)
-        measured += _score_us(target, stats)
+        measured += _score_us(target, stats) + _dynamic_us(op, stats, target)
         if kernel != "int8":  # a float kernel dequantizes integer inputs and weights each run
             sizes = [*zip(op.input, stats.inputs.values(), strict=False),
                      *((op.weight.get(r, "fp32"), _dequantized(op, stats, w))
@@ -166,6 +166,19 @@ def op_cost(
         return {"bops": bops, "latency": measured}
     dearest = max(cost.get(p, 1.0) for p in (*acts, *op.output, *weights))
     return {"bops": bops, "latency": work * dearest}
+
+
+def _dynamic_us(op: OpPlan, stats: OpStats, target: TargetProfile) -> float:
+    """What reading dynamically quantized inputs costs over reading them at a calibrated
+    scale: the range pass of each call. The op carries it, so that a search moving one op
+    between ``uint8`` and ``uint8_dynamic`` sees it; `plan_cost` prices the conversion
+    itself at the static rate."""
+    assert target.latency is not None
+    return sum(
+        target.latency.convert_us(p, n) - target.latency.convert_us("uint8", n)
+        for p, n in zip(op.input, stats.inputs.values(), strict=False)
+        if qtype(p).dynamic
+    )
 
 
 def _score_us(target: TargetProfile, stats: OpStats) -> float:
@@ -237,7 +250,7 @@ def plan_cost(
     act_bytes = sum(elements.get(t, 0) * qtype(p).bits / 8 for t, p in produced.items())
     conversions = [p for p in quantization_points(graph, plan) if p.readers]
     conv_bytes = sum(elements.get(p.target, 0) * qtype(p.precision).bits / 8 for p in conversions)
-    latency += sum(_conversion(profile, p.precision, elements.get(p.target, 0))
+    latency += sum(_conversion(profile, _static(p.precision), elements.get(p.target, 0))
                    for p in conversions)  # fmt: skip
     if profile.latency is not None:  # the file's own run: a call, float inputs quantized
         latency += profile.latency.call_us + sum(
@@ -259,6 +272,12 @@ def plan_cost(
 def _integer(precision: str) -> bool:
     t = qtype(precision)
     return not t.is_floating_point and not t.is_identity
+
+
+def _static(precision: str) -> str:
+    """A dynamic precision's conversion at its calibrated twin's price: the ops that read
+    it carry the rest (see `_dynamic_us`)."""
+    return "uint8" if qtype(precision).dynamic else precision
 
 
 def _conversion(profile: TargetProfile, precision: str, elements: int) -> float:

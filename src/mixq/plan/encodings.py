@@ -36,7 +36,8 @@ class Encoding(Record):
         name: the quantization point (see `mixq.plan.points.QuantPoint`).
         tensor: the tensor (activation) or parameter (weight) it applies to.
         kind: ``activation`` or ``weight``.
-        precision: a `mixq.core.qtypes` name; float precisions carry no scale.
+        precision: a `mixq.core.qtypes` name; float and dynamic precisions (the scale is
+            chosen on every call) carry no scale.
         scale / zero_point: one value per tensor, per channel along ``axis``, or per block
             (flattened, row-major, ``block_size`` along ``axis``).
         min / max: the calibrated float range (activations), where known.
@@ -64,7 +65,7 @@ class Encoding(Record):
 
     def __post_init__(self) -> None:
         self.precision = qtype(self.precision).name
-        if not qtype(self.precision).is_floating_point and self.scale is None:
+        if qtype(self.precision).calibrated and self.scale is None:
             raise ConfigError(f"encoding {self.name!r} ({self.precision}) has no scale")
 
     @property

@@ -15,7 +15,7 @@ from typing import Any
 
 from mixq.core.errors import ConfigError
 from mixq.core.records import Record
-from mixq.core.validation import check_keys, precision_name
+from mixq.core.validation import check_keys, precision_name, static_weight
 
 __all__ = ["Granularity", "Precision", "PrecisionLike", "Scheme"]
 
@@ -35,15 +35,16 @@ class Precision:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "activation", precision_name(self.activation, "activation"))
-        object.__setattr__(self, "weight", precision_name(self.weight, "weight"))
+        object.__setattr__(self, "weight", precision_name(self.weight, "weight", weight=True))
 
     @classmethod
     def parse(cls, value: Any, where: str = "precision") -> Precision:
-        """Accept ``"int8"``, ``("int8", "int4")``, ``{"activation": ..., "weight": ...}``."""
+        """Accept ``"int8"``, ``("int8", "int4")``, ``{"activation": ..., "weight": ...}``;
+        one dynamic name (``"uint8_dynamic"``) gives int8 weights."""
         if isinstance(value, Precision):
             return value
         if isinstance(value, str):
-            return cls(value, value)
+            return cls(value, static_weight(value))
         if isinstance(value, (tuple, list)) and len(value) == 2:
             return cls(value[0], value[1])
         if isinstance(value, dict):

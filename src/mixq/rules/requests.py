@@ -39,9 +39,12 @@ class Request(Record):
     def __post_init__(self) -> None:
         where = f"request on {self.target!r}"
         object.__setattr__(self, "activation", precision_name(self.activation, where))
-        object.__setattr__(self, "weight", precision_name(self.weight, where))
+        object.__setattr__(self, "weight", precision_name(self.weight, where, weight=True))
         if self.params is not None:
-            params = {k: precision_name(v, f"{where}, param {k!r}") for k, v in self.params.items()}
+            params = {
+                k: precision_name(v, f"{where}, param {k!r}", weight=True)
+                for k, v in self.params.items()
+            }
             object.__setattr__(self, "params", params)
 
     omit = (None,)

@@ -36,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from mixq.core.errors import ConfigError, ConflictError
+from mixq.core.qtypes import qtype
 from mixq.graph.ir import Graph, Op
 from mixq.graph.kinds import is_data_movement
 from mixq.graph.match import match_ops, suggest
@@ -149,7 +150,9 @@ class _Resolver:
         names = self._match(r.target, label)
         for name in names:
             d = self.decisions[name]
-            act = r.activation or d.act_out
+            # a dynamic precision is how a kernel reads its inputs; the outputs keep theirs
+            dynamic = r.activation is not None and qtype(r.activation).dynamic
+            act = d.act_out if dynamic else r.activation or d.act_out
             weight = {
                 role: (r.params or {}).get(role) or r.weight or p for role, p in d.weight.items()
             }
@@ -243,8 +246,10 @@ class _Resolver:
         With a profile's ``integer_kernels`` (``ort-cpu``), a fusion group whose anchor has
         no integer kernel runs in fp32; a ``to_float`` anchor (MatMulIntegerToFloat) keeps
         its quantized inputs and gives a float output; ``qlinear`` anchors keep both. An
-        explicit request still wins. The quantizer a float-produced tensor needs then sits on
-        the integer readers' edge (a conversion point, `mixq.plan.points`).
+        explicit request still wins, except over the output of an op it asked to read its
+        inputs dynamically (``uint8_dynamic``: ORT's quantize_dynamic form, float out). The
+        quantizer a float-produced tensor needs then sits on the integer readers' edge (a
+        conversion point, `mixq.plan.points`).
         """
         profile = load_target(self.config.target)
         if profile.integer_kernels is None:
@@ -253,7 +258,7 @@ class _Resolver:
         root = aliases(self.graph)
         for op in self.ops:  # topological order: producers are decided first
             d = self.decisions[op.name]
-            if d.order >= 0 or is_data_movement(op.kind):
+            if (d.order >= 0 and not qtype(d.act_in).dynamic) or is_data_movement(op.kind):
                 continue
             group = groups.get(op.name)
             anchor = self.graph.ops[group.anchor] if group is not None else op

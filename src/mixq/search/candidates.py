@@ -13,6 +13,7 @@ from typing import Any
 
 from mixq.core.errors import ConfigError
 from mixq.core.qtypes import qtype
+from mixq.core.validation import precision_name, static_weight
 
 __all__ = ["Candidate", "parse_candidates"]
 
@@ -34,14 +35,15 @@ class Candidate:
 
 
 def parse_candidates(candidates: Iterable[Any]) -> list[Candidate]:
-    """``"int8"`` (both), ``("int8", "int4")`` or ``"int8/int4"`` (activation, weight)."""
+    """``"int8"`` (both), ``("int8", "int4")`` or ``"int8/int4"`` (activation, weight);
+    ``"uint8_dynamic"`` alone takes int8 weights."""
     out: list[Candidate] = []
     for c in candidates:
         if isinstance(c, Candidate):
             pair = (c.activation, c.weight)
         elif isinstance(c, str):
             a, _, w = c.partition("/")
-            pair = (a, w or a)
+            pair = (a, w or static_weight(a))
         elif isinstance(c, (tuple, list)) and len(c) == 2:
             pair = (str(c[0]), str(c[1]))
         else:
@@ -50,7 +52,8 @@ def parse_candidates(candidates: Iterable[Any]) -> list[Candidate]:
                 "write e.g. 'int8', ('int8', 'int4') or 'int8/int4'"
             )
         try:
-            cand = Candidate(qtype(pair[0]).name, qtype(pair[1]).name)
+            weight = precision_name(pair[1], "weight", weight=True) or pair[1]
+            cand = Candidate(qtype(pair[0]).name, weight)
         except ValueError as e:
             raise ConfigError(f"candidate {c!r}: {e}") from None
         if cand not in out:

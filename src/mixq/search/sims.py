@@ -83,7 +83,7 @@ class SimFactory:
         acts = [
             q
             for q in sim.named_quantizers().values()
-            if q.point.kind == "activation" and not q.qtype.is_floating_point
+            if q.point.kind == "activation" and q.qtype.calibrated
             and q.fixed_range is None
         ]  # fmt: skip
         weights = {p.op: (p.name, p.precision) for p in sim.points if p.kind == "weight"}

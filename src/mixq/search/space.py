@@ -14,8 +14,9 @@ Under a target that lists ``integer_kernels`` (``ort-cpu``, `mixq.targets.kernel
 units the runtime computes in float are fixed at fp32 (not searched); fp32 is an option of
 every other unit; a ``to_float`` unit (a linear ORT runs as MatMulIntegerToFloat) produces a
 float output, and its choice sets the precision its integer kernel reads its float-produced
-inputs at (the quantizer on its input edge) and its weights. The cost of a ``to_float`` op
-is its integer kernel's, not its float output's.
+inputs at (the quantizer on its input edge) and its weights; a dynamic precision
+(``uint8_dynamic``, ORT's quantize_dynamic form) is an option of such units only. The cost
+of a ``to_float`` op is its integer kernel's, not its float output's.
 
 The error a unit adds is then local to it, which the sensitivity and the integer program
 rely on; and the BOPs of an op depend on the choice of its unit and of its input's
@@ -186,10 +187,13 @@ class SearchSpace:
         if unit.style is None:
             return []  # the target computes it in float: fixed at the base plan's fp32
         kinds = {self.graph.ops[n].kind for n in unit.ops}
-        kinds |= {self.graph.ops[op].kind for op, _ in unit.reads}
+        if unit.style != TO_FLOAT:  # its output is float: its readers do not read at ``a``
+            kinds |= {self.graph.ops[op].kind for op, _ in unit.reads}
         weighted = [self.graph.ops[n].kind for n in unit.ops if self.graph.ops[n].weights]
         ok = []
         for c in self.candidates:
+            if qtype(c.activation).dynamic and not (weighted and unit.style == TO_FLOAT):
+                continue  # only an integer linear's kernel reads a dynamic input fast
             if all(c.activation in self.profile.support(k).activations for k in kinds) and all(
                 c.weight in self.profile.support(k).weights for k in weighted
             ):

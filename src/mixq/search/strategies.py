@@ -109,8 +109,9 @@ def fallback_search(
        raise the most harmful one step and validate; a step that made the score worse is
        undone (that unit is not tried again) and the rest re-ranked against the current
        plan; stop when the target is met or nothing is left to raise.
-    3. With ``prune``, keep going while the budget lasts: lower raised units one step if
-       the target still holds (a cheaper passing plan, not just the first one).
+    3. With ``prune``, keep going while the budget lasts: lower each raised unit, one step
+       at a time, as far as the target still holds (a cheaper passing plan, not just the
+       first one).
 
     ``fits`` limits the moves (e.g. to a cost budget).
     """
@@ -182,11 +183,13 @@ def _prune(trials: Trials, current: Assignment, batch: Any) -> None:
         return
     errors = unit_errors(trials, batch, progress=trials.progress is not None)
     raised.sort(key=lambda u: errors[u.name][str(u.options[0])])  # least sensitive first
-    for u in raised:
+    for u in raised:  # each as far down as the target allows (fp32 -> dynamic int8 -> int8)
         i = u.options.index(current[u.name])
-        trial = {**current, u.name: u.options[i - 1]}
-        if trials.evaluate(trial, f"prune lower {u.name} to {u.options[i - 1]}").met:
-            current = trial
+        while i > 0:
+            trial = {**current, u.name: u.options[i - 1]}
+            if not trials.evaluate(trial, f"prune lower {u.name} to {u.options[i - 1]}").met:
+                break
+            current, i = trial, i - 1
 
 
 # -- pareto ----------------------------------------------------------------------------------------

@@ -88,7 +88,7 @@ class SimBase:
                     f"plan; close tensor names: {close}"
                 )
             for q in acts:
-                if q.point.target == tensor:
+                if q.point.target == tensor and not q.qtype.dynamic:
                     q.set_range(lo, hi)
 
     def named_quantizers(self) -> Mapping[str, Any]:
@@ -264,7 +264,7 @@ class SimBase:
         needed = [
             q
             for q in self._quantizers.values()
-            if q.point.kind == "activation" and not q.qtype.is_floating_point
+            if q.point.kind == "activation" and q.qtype.calibrated
         ]
         missing = [q.name for q in needed if q.name not in profile]
         if missing:

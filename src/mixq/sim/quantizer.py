@@ -68,7 +68,7 @@ class QuantizerBase:
 
     @property
     def has_qparams(self) -> bool:
-        return self.qtype.is_floating_point or self.scale is not None
+        return not self.qtype.calibrated or self.scale is not None
 
     def describe(self) -> str:
         """Name, precision and switch, as the reprs show them: ``'fc', int8, on``."""
@@ -85,7 +85,7 @@ class QuantizerBase:
     def encoding(self) -> Encoding:
         """What the exports need: precision, scale / zero point and granularity."""
         p = self.point
-        if self.qtype.is_floating_point:
+        if not self.qtype.calibrated:  # a float precision, or a dynamic one (no fixed scale)
             return Encoding(
                 p.name, p.target, p.kind, self.qtype.name, symmetric=p.symmetric,
                 readers=list(p.readers),
@@ -137,7 +137,7 @@ class ActivationBase(QuantizerBase):
         """Watch calibration values; with ``histogram_bins``, keep a histogram too."""
         self.observer_name = observer or self.observer_name
         self.observing, self._saw_masks = True, False
-        if not self.qtype.is_floating_point:
+        if self.qtype.calibrated:
             name = "minmax" if self.fixed_range is not None else self.observer_name
             self.observer = make_observer(name, dtype=self.qtype, symmetric=self.point.symmetric)
             if histogram_bins:
@@ -211,13 +211,22 @@ class ActivationBase(QuantizerBase):
         """Fix the range (e.g. an input known to lie in [0, 200]); calibration keeps it."""
         if not lo <= hi:
             raise ValueError(f"fixed range of {self.name!r} must have lo <= hi, got [{lo}, {hi}]")
+        if self.qtype.dynamic:
+            raise ValueError(
+                f"{self.name!r} is quantized dynamically ({self.qtype.name}): its range is "
+                "the tensor's own on every call; drop the fixed range or give it a static "
+                "precision (e.g. uint8)"
+            )
         self.fixed_range = (float(lo), float(hi))
         if not self.qtype.is_floating_point:
             self._set_qparams(torch.tensor(float(lo)), torch.tensor(float(hi)))
 
     def load_range(self, lo: float, hi: float, mask_passthrough: bool | None = None) -> None:
         """Set the scale from a known range (a profile, a search's cache) without fixing it;
-        ``mask_passthrough`` as calibration found it (None: unchanged)."""
+        ``mask_passthrough`` as calibration found it (None: unchanged). A dynamic
+        quantizer has no range to load."""
+        if self.qtype.dynamic:
+            return
         self._set_qparams(torch.tensor(float(lo)), torch.tensor(float(hi)))
         if mask_passthrough is not None:
             self.mask_passthrough = mask_passthrough

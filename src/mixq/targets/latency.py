@@ -5,7 +5,8 @@ Each (kind, precision) entry is a line fitted to one-op models of several sizes,
 the runtime: ``fixed`` microseconds per call plus ``per_unit`` nanoseconds per unit of work
 (a multiply-accumulate for conv / linear / matmul / attention, an output element for every
 other kind, as `mixq.plan.cost.OpStats` counts them). ``convert`` is the time per element of
-a conversion to a precision (a QuantizeLinear, or a Cast to a float type). An op runs the
+a conversion to a precision (a QuantizeLinear, a DynamicQuantizeLinear under ``dynamic``, or
+a Cast to a float type). An op runs the
 kernel of the precision its inputs arrive in: ``int8`` when they arrive in 8-bit integers
 and the runtime has an integer kernel for the kind; ``fp16`` for fp16 / bf16; else ``fp32``
 (a 16-bit integer op is a float op between a DequantizeLinear and a QuantizeLinear, whose
@@ -102,7 +103,10 @@ class LatencyTable:
         if t.is_identity or (t.is_floating_point and t.bits == 32):
             return 0.0
         key = "fp16" if t.is_floating_point else ("int8" if t.bits <= 8 else "int16")
-        return self.convert.get(key, self.convert.get("int8", 0.0)) * elements / 1000.0
+        per_element = self.convert.get(key, self.convert.get("int8", 0.0))
+        if t.dynamic:  # a table measured before dynamic entries: its range pass, as much again
+            per_element = self.convert.get("dynamic", 2 * per_element)
+        return per_element * elements / 1000.0
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -7,8 +7,8 @@ so ONNX Runtime fuses it into its integer kernel: MatMulIntegerToFloat, QLinearC
 QLinearAdd) and ``fp16`` (the op between Casts). Each model is run in a session with the
 runtime's default options, warmed up, then timed (median of ``repeats``); a line (fixed
 microseconds + nanoseconds per unit of work) is fitted to the three sizes. Conversions
-(QuantizeLinear to 8 and 16 bits, Cast to fp16) are timed the same way, per element, and so
-is the cost of one call of a session (``call_us``).
+(QuantizeLinear to 8 and 16 bits, DynamicQuantizeLinear, Cast to fp16) are timed the same
+way, per element, and so is the cost of one call of a session (``call_us``).
 
 Example:
     >>> # profile = profile_target("ort-cpu"); profile.save("my-cpu.yaml")
@@ -190,6 +190,10 @@ def _conversion(size: tuple[int, ...], p: str) -> Built:
     g = _Graph()
     if p == "fp16":
         y = g.node("Cast", [g.node("Cast", ["x"], to=F16)], to=F32)
+    elif p == "dynamic":  # the range pass and the quantization (DynamicQuantizeLinear)
+        outs = [g.name("dql") for _ in range(3)]
+        g.nodes.append(helper.make_node("DynamicQuantizeLinear", ["x"], outs))
+        y = g.node("Cast", [outs[0]], to=F32)
     else:
         scale = g.const(np.array(0.05, np.float32))
         zero = g.const(np.array(0, np.int16 if p == "int16" else np.uint8))
@@ -251,7 +255,7 @@ def profile_target(
     profile = base if isinstance(base, TargetProfile) else load_target(base)
     jobs = [(k, p) for k in BUILDERS for p in ("fp32", "int8", "fp16")
             if p != "int8" or (k in INTEGER and profile.kernel(k) is not None)]  # fmt: skip
-    conversions = ("int8", "int16", "fp16")
+    conversions = ("int8", "int16", "fp16", "dynamic")
     call_us = _seconds(*_unary("Identity")((1,), "fp32")[:2], repeats=repeats)
     ops: dict[str, dict[str, tuple[float, float]]] = {}
     steps = [*jobs, *(("convert", p) for p in conversions)]

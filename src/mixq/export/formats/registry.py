@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from mixq.core.errors import ConfigError
 from mixq.core.qtypes import qtype
 from mixq.graph.ir import Graph
 from mixq.plan.encodings import Encodings
@@ -114,6 +115,15 @@ class Format:
             raise ValueError(
                 f"writing {self.name} needs {' and '.join(missing)}; pass them (a calibrated "
                 "sim has sim.plan, sim.graph and sim.encodings())"
+            )
+        dynamic = [e.name for e in encodings if qtype(e.precision).dynamic] if (
+            encodings is not None and "encodings" in (*self.needs, *self.uses)
+        ) else []  # fmt: skip
+        if dynamic:
+            raise ConfigError(
+                f"{self.name} holds a fixed scale per quantizer, and {dynamic[:3]} "
+                f"({len(dynamic)} in all) are dynamic (their scale is chosen on every call): "
+                "export them with sim.export_onnx, or give them a static precision (uint8)"
             )
         return atomic_write(path, self.dump(plan, encodings, graph))
 

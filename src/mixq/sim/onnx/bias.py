@@ -52,9 +52,10 @@ class BiasFeed:
 
 
 def rounds_bias(act: OnnxActivationQuantizer, weight: OnnxWeightQuantizer) -> bool:
-    """An int8 kernel runs the conv: 8-bit integer input, int8 weights, not blocked."""
+    """An int8 kernel runs the conv: 8-bit integer input with a calibrated scale, int8
+    weights, not blocked."""
     return (
-        not act.qtype.is_floating_point
+        act.qtype.calibrated
         and act.qtype.bits == 8
         and weight.qtype.name == "int8"
         and weight.point.block_size is None

@@ -62,8 +62,9 @@ class OnnxActivationQuantizer(OnnxQuantizer, ActivationBase):
         super().observe(value)
 
     def feeds(self) -> dict[str, np.ndarray]:
-        """Scale and zero point as fed to the graph (placeholders before calibration)."""
-        if self.qtype.is_floating_point:
+        """Scale and zero point as fed to the graph (placeholders before calibration;
+        float and dynamic precisions have none)."""
+        if not self.qtype.calibrated:
             return {}
         scale = self.scale if self.scale is not None else torch.tensor(1.0)
         zp = self.zero_point if self.zero_point is not None else torch.tensor(0.0)

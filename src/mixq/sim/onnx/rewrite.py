@@ -265,10 +265,32 @@ class Rewriter:
         quant = self._node("QuantizeLinear", [x, scale, zp], f"{q.name}/mixq_q")
         return self._node("DequantizeLinear", [quant, scale, zp], f"{q.name}/mixq_dq")
 
+    def _dynamic_qdq(self, q: OnnxActivationQuantizer, x: str, elem: int) -> str:
+        """DynamicQuantizeLinear -> DequantizeLinear (it reads float32 only: a float16
+        tensor is cast there and back)."""
+        x32 = (
+            x
+            if elem == TensorProto.FLOAT
+            else self._node("Cast", [x], f"{q.name}/mixq_f32", to=TensorProto.FLOAT)
+        )
+        outs = [self.fresh(f"{q.name}/mixq_dyn{i}") for i in range(3)]
+        self.g.node.append(helper.make_node("DynamicQuantizeLinear", [x32], outs, name=outs[0]))
+        y = self._node("DequantizeLinear", outs, f"{q.name}/mixq_dq")
+        return (
+            y
+            if elem == TensorProto.FLOAT
+            else self._node("Cast", [y], f"{q.name}/mixq_back", to=elem)
+        )
+
     def _activation_out(self, q: OnnxQuantizer) -> str:
         assert isinstance(q, OnnxActivationQuantizer)
         x, elem = self.current[q.point.target], self.elem[q.point.target]
-        inner = self._cast(q, x, elem) if q.qtype.is_floating_point else self._qdq(q, x, elem)
+        if q.qtype.is_floating_point:
+            inner = self._cast(q, x, elem)
+        elif q.qtype.dynamic:
+            inner = self._dynamic_qdq(q, x, elem)
+        else:
+            inner = self._qdq(q, x, elem)
         return self._switched(q, x, inner, elem)
 
     def _activation(self, q: OnnxQuantizer) -> None:

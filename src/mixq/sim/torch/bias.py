@@ -34,12 +34,19 @@ from torch import nn
 from mixq.sim.bias_grid import bias_shift, bn_factor
 from mixq.sim.torch.quantizer import ActivationQuantizer, WeightQuantizer
 
-__all__ = ["BiasRounding", "KernelOperands", "rounds_bias"]
+__all__ = ["BiasRounding", "KernelOperands", "eight_bit_kernel", "rounds_bias"]
 
 
 def rounds_bias(act: ActivationQuantizer, weight: WeightQuantizer) -> bool:
     """Whether an int8 kernel runs the op: 8-bit integer input, int8 weights per tensor or
-    per channel (ORT has no integer conv for 16-bit, 4-bit or blocked weights)."""
+    per channel (ORT has no integer conv for 16-bit, 4-bit or blocked weights), with an
+    input scale known before the call (a dynamic one is not: the bias is then added in
+    float after the integer sum, as MatMulIntegerToFloat does)."""
+    return eight_bit_kernel(act, weight) and act.qtype.calibrated
+
+
+def eight_bit_kernel(act: ActivationQuantizer, weight: WeightQuantizer) -> bool:
+    """An 8-bit integer input (calibrated or dynamic) with int8 weights, not blocked."""
     return (
         not act.qtype.is_floating_point
         and act.qtype.bits == 8

@@ -38,18 +38,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mixq.sim.torch.bias import KernelOperands, rounds_bias
+from mixq.sim.torch.bias import KernelOperands, eight_bit_kernel
 from mixq.sim.torch.quantizer import ActivationQuantizer, WeightQuantizer
 
 __all__ = ["IntegerLinear", "accumulates_in_integer"]
 
 
 def accumulates_in_integer(act: ActivationQuantizer, weight: WeightQuantizer) -> bool:
-    """Whether an int8 kernel runs the linear: an 8-bit integer input quantized per tensor,
-    int8 weights per tensor or per output channel (16-bit, 4-bit and blocked weights run
-    through a float matmul in ORT, or through MatMulNBits, which scales per block)."""
+    """Whether an int8 kernel runs the linear: an 8-bit integer input quantized per tensor
+    (calibrated or dynamic), int8 weights per tensor or per output channel (16-bit, 4-bit
+    and blocked weights run through a float matmul in ORT, or through MatMulNBits, which
+    scales per block)."""
     return (
-        rounds_bias(act, weight)
+        eight_bit_kernel(act, weight)
         and act.point.axis is None
         and act.point.block_size is None
         and weight.point.axis in (None, 0)
@@ -62,7 +63,7 @@ class IntegerLinear(KernelOperands):
 
     def __init__(self, act: ActivationQuantizer, weight: WeightQuantizer) -> None:
         super().__init__(act, weight)
-        # (weight, scales), their versions, codes, multiplier; the tensors themselves are
+        # (weight, its scale), their versions, codes, scale per channel; the tensors are
         # held, so a freed one's address cannot match a new weight (QAT makes one per step)
         self._codes: (
             tuple[tuple[torch.Tensor, ...], tuple[int, ...], torch.Tensor, torch.Tensor] | None
@@ -79,6 +80,11 @@ class IntegerLinear(KernelOperands):
             return y + (float_y - float_y.detach())
         return y
 
+    def _x_scale(self) -> torch.Tensor | None:
+        """The input's scale: calibrated, or a dynamic precision's for this call."""
+        scale = self.act.call_scale if self.act.qtype.dynamic else self.act.scale
+        return scale if scale is not None and scale.numel() == 1 else None
+
     def _applies(self, x: torch.Tensor, w: torch.Tensor) -> bool:
         act, weight = self.act, self.weight
         return (
@@ -86,8 +92,7 @@ class IntegerLinear(KernelOperands):
             and weight.enabled
             and not act.observing
             and not act.mask_passthrough
-            and act.scale is not None
-            and act.scale.numel() == 1
+            and self._x_scale() is not None
             and weight.scale is not None
             and x.dtype == torch.float32
             and w.dtype == torch.float32
@@ -95,20 +100,26 @@ class IntegerLinear(KernelOperands):
         )
 
     def _integer(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-        x_scale = self.act.scale
+        x_scale = self._x_scale()
         assert x_scale is not None  # _applies checked it
         with torch.no_grad():
-            w_codes, multiplier = self._weight_codes(w)
-            x_codes = torch.round(x / x_scale.detach().reshape(()).float())
-            y = F.linear(x_codes, w_codes).mul_(multiplier)
+            w_codes, w_scale = self._weight_codes(w)
+            s = x_scale.detach().reshape(()).float()
+            x_codes = torch.round(x / s)
+            y = F.linear(x_codes, w_codes).mul_(s * w_scale)
             return y if b is None else y.add_(b)
 
     def _weight_codes(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The weight's integer codes and ``x_scale * w_scale`` per output channel, kept
-        until the weight or a scale changes."""
-        x_scale, w_scale = self.act.scale, self.weight.scale
-        assert x_scale is not None and w_scale is not None
-        tensors = (w, x_scale, w_scale)
+        """The weight's integer codes and its scale per output channel, kept until the
+        weight or its scale changes (the input's scale is multiplied in per call: a
+        dynamic one changes with every input)."""
+        w_scale = self.weight.scale
+        assert w_scale is not None
+        if w.requires_grad:  # a new weight every call (QAT, or a forward with gradients
+            # on): nothing to reuse, and a kept non-leaf tensor would stop the Sim's deepcopy
+            per_channel = w_scale.detach().float().reshape(-1)
+            return torch.round(w.detach() / per_channel.reshape(-1, 1)), per_channel
+        tensors = (w, w_scale)
         versions = tuple(t._version for t in tensors)
         cached = self._codes
         if (
@@ -118,6 +129,5 @@ class IntegerLinear(KernelOperands):
         ):
             per_channel = w_scale.detach().float().reshape(-1)
             codes = torch.round(w.detach() / per_channel.reshape(-1, 1))
-            multiplier = x_scale.detach().float().reshape(()) * per_channel
-            cached = self._codes = (tensors, versions, codes, multiplier)
+            cached = self._codes = (tensors, versions, codes, per_channel)
         return cached[2], cached[3]

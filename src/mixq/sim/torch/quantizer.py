@@ -65,6 +65,7 @@ class ActivationQuantizer(Quantizer, ActivationBase):
         self.init_range(observer)
         self._fast_key: tuple[Any, ...] | None = None
         self._fast_args: tuple[torch.Tensor, float, float] | None = None
+        self.call_scale: torch.Tensor | None = None  # a dynamic precision's, last call
 
     def store_qparams(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
         """Keep a new scale / zero point; a learnable scale stays the same Parameter."""
@@ -124,6 +125,8 @@ class ActivationQuantizer(Quantizer, ActivationBase):
         return y
 
     def _quantized(self, x: torch.Tensor) -> torch.Tensor:
+        if self.qtype.dynamic:
+            return self._dynamic(x)
         fast = self._inference_args(x) if not self.qtype.is_floating_point else None
         if fast is not None:
             # exactly fake_quantize's no-grad per-tensor path, without its per-call set-up
@@ -137,6 +140,14 @@ class ActivationQuantizer(Quantizer, ActivationBase):
                 "sim.calibrate(batches) first, or disable it"
             )
         return self._apply_qparams(x, self.scale, self.zero_point)
+
+    def _dynamic(self, x: torch.Tensor) -> torch.Tensor:
+        """A dynamic precision: scale and zero point from this call's ``x`` (see
+        `mixq.core.primitives.dynamic_qparams`), kept as ``call_scale`` for the integer
+        linear that reads the result (the Sim runs them one after the other)."""
+        scale, zero_point = P.dynamic_qparams(x)
+        self.call_scale = scale
+        return P.fake_quantize(x, scale, zero_point, self.qtype)
 
 
 class WeightQuantizer(Quantizer, WeightBase):
