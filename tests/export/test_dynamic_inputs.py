@@ -109,6 +109,20 @@ def test_a_fixed_range_on_a_dynamic_quantizer_says_what_to_do():
     name = next(n for n in sim.quantizers if "uint8_dynamic" in n)
     with pytest.raises(ValueError, match=r"quantized dynamically .* static precision"):
         sim.set_range(name, -1.0, 1.0)
+    cfg = _config().set_range(sim.quantizer(name).point.target, -1.0, 1.0)
+    with pytest.raises(ConfigError, match=r"all dynamic .* drop the fixed range"):
+        mixq.quantize(Mlp().eval(), _batch(0), cfg)
+
+
+def test_a_dynamic_quantizer_refuses_infinite_values_instead_of_giving_nan():
+    model = nn.Sequential(nn.Linear(8, 4)).eval()
+    cfg = mixq.Config(default="int8", target="ort-cpu").set_precision("0", activation="dynamic")
+    sim = mixq.quantize(model, torch.randn(2, 8), cfg)
+    sim.calibrate([torch.randn(2, 8)], progress=False)
+    x = torch.randn(2, 8)
+    x[0, 3] = float("-inf")
+    with pytest.raises(mixq.CalibrationError, match=r"infinite values .* static precision"):
+        sim(x)
 
 
 def _fused_ops(path) -> list[str]:

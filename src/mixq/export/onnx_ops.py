@@ -2,8 +2,9 @@
 
 ``mixq::qdq`` becomes QuantizeLinear -> DequantizeLinear, ``mixq::dynamic_qdq``
 DynamicQuantizeLinear -> DequantizeLinear (a dynamic precision), ``mixq::dq`` (a weight
-stored as integers) becomes DequantizeLinear, ``mixq::cast`` becomes a Cast to a float precision and
-back. Their torch bodies compute what the Sim computes, so the exported program runs too.
+stored as integers) becomes DequantizeLinear, ``mixq::cast`` becomes a Cast to a float
+precision and back. Their torch bodies compute what the Sim computes, so the exported
+program runs too.
 
 Example:
     >>> import torch

@@ -87,9 +87,15 @@ class SimBase:
                     f"fixed range on {tensor!r}, which has no quantizer in this "
                     f"plan; close tensor names: {close}"
                 )
-            for q in acts:
-                if q.point.target == tensor and not q.qtype.dynamic:
-                    q.set_range(lo, hi)
+            static = [q for q in acts if q.point.target == tensor and not q.qtype.dynamic]
+            if not static:
+                raise ConfigError(
+                    f"fixed range on {tensor!r}, whose quantizers in this plan are all dynamic "
+                    "(their scale is chosen on every call); drop the fixed range or give its "
+                    "readers a static precision (uint8)"
+                )
+            for q in static:
+                q.set_range(lo, hi)
 
     def named_quantizers(self) -> Mapping[str, Any]:
         """Name -> quantizer object (activation, conversion and weight), in graph order: a

@@ -116,10 +116,9 @@ class Format:
                 f"writing {self.name} needs {' and '.join(missing)}; pass them (a calibrated "
                 "sim has sim.plan, sim.graph and sim.encodings())"
             )
-        dynamic = [e.name for e in encodings if qtype(e.precision).dynamic] if (
-            encodings is not None and "encodings" in (*self.needs, *self.uses)
-        ) else []  # fmt: skip
-        if dynamic:
+        writes_scales = encodings is not None and "encodings" in (*self.needs, *self.uses)
+        dynamic = [e.name for e in encodings or [] if qtype(e.precision).dynamic]
+        if writes_scales and dynamic:
             raise ConfigError(
                 f"{self.name} holds a fixed scale per quantizer, and {dynamic[:3]} "
                 f"({len(dynamic)} in all) are dynamic (their scale is chosen on every call): "
