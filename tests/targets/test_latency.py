@@ -101,9 +101,8 @@ def test_profile_target_times_every_kind_and_int8_only_where_ort_has_kernels(mea
         assert {"fp32", "fp16"} <= set(lines), kind
         assert ("int8" in lines) == (kind in ("linear", "matmul", "conv", "add")), kind
         assert all(fixed >= 0 and slope >= 0 for fixed, slope in lines.values())
+    # "dynamic": DynamicQuantizeLinear (timings are compared in bench/, never in tests)
     assert set(table.convert) == {"int8", "int16", "fp16", "dynamic"} and table.call_us > 0
-    # DynamicQuantizeLinear reads its input twice (min / max, then quantize)
-    assert table.convert["dynamic"] > table.convert["int8"]
     assert "onnxruntime" in table.runtime
     assert measured.integer_kernels == TargetProfile.load("ort-cpu").integer_kernels
 
