@@ -172,10 +172,11 @@ def _dynamic_us(op: OpPlan, stats: OpStats, target: TargetProfile) -> float:
     """What reading dynamically quantized inputs costs over reading them at a calibrated
     scale: the range pass of each call. The op carries it, so that a search moving one op
     between ``uint8`` and ``uint8_dynamic`` sees it; `plan_cost` prices the conversion
-    itself at the static rate."""
+    itself at the static rate. Never below 0: it does the static conversion's work and
+    more, whatever a noisy table says (a 3-repeat profile timed it below QuantizeLinear)."""
     assert target.latency is not None
     return sum(
-        target.latency.convert_us(p, n) - target.latency.convert_us("uint8", n)
+        max(target.latency.convert_us(p, n) - target.latency.convert_us("uint8", n), 0.0)
         for p, n in zip(op.input, stats.inputs.values(), strict=False)
         if qtype(p).dynamic
     )
