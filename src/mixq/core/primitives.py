@@ -244,8 +244,8 @@ def dynamic_qparams(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     with torch.no_grad():
         v = x.detach().to(torch.float32)
-        lo = torch.clamp(v.min(), max=0.0) if v.numel() else torch.tensor(0.0)
-        hi = torch.clamp(v.max(), min=0.0) if v.numel() else torch.tensor(0.0)
+        lo, hi = torch.aminmax(v) if v.numel() else (torch.tensor(0.0), torch.tensor(0.0))
+        lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
         scale = (hi - lo) / 255.0
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         zero_point = torch.round(torch.clamp(-lo / scale, 0.0, 255.0))

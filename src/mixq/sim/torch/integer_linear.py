@@ -115,9 +115,9 @@ class IntegerLinear(KernelOperands):
         dynamic one changes with every input)."""
         w_scale = self.weight.scale
         assert w_scale is not None
+        per_channel = w_scale.detach().float().reshape(-1)
         if w.requires_grad:  # a new weight every call (QAT, or a forward with gradients
             # on): nothing to reuse, and a kept non-leaf tensor would stop the Sim's deepcopy
-            per_channel = w_scale.detach().float().reshape(-1)
             return torch.round(w.detach() / per_channel.reshape(-1, 1)), per_channel
         tensors = (w, w_scale)
         versions = tuple(t._version for t in tensors)
@@ -127,7 +127,6 @@ class IntegerLinear(KernelOperands):
             or any(a is not b for a, b in zip(cached[0], tensors, strict=True))
             or cached[1] != versions
         ):
-            per_channel = w_scale.detach().float().reshape(-1)
             codes = torch.round(w.detach() / per_channel.reshape(-1, 1))
             cached = self._codes = (tensors, versions, codes, per_channel)
         return cached[2], cached[3]

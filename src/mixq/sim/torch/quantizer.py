@@ -145,13 +145,13 @@ class ActivationQuantizer(Quantizer, ActivationBase):
         """A dynamic precision: scale and zero point from this call's ``x`` (see
         `mixq.core.primitives.dynamic_qparams`), kept as ``call_scale`` for the integer
         linear that reads the result (the Sim runs them one after the other)."""
-        if not bool(torch.isfinite(x).all()):
+        scale, zero_point = P.dynamic_qparams(x)
+        if not bool(torch.isfinite(scale) & torch.isfinite(zero_point)):  # x's min / max are not
             raise CalibrationError(
                 f"quantizer {self.name!r} ({self.qtype.name}) reads infinite values (an "
                 "attention mask?), which a range chosen per call cannot hold (ONNX "
                 "DynamicQuantizeLinear would give NaN); give it a static precision (uint8)"
             )
-        scale, zero_point = P.dynamic_qparams(x)
         self.call_scale = scale
         return P.fake_quantize(x, scale, zero_point, self.qtype)
 
