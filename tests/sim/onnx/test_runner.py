@@ -54,6 +54,29 @@ def test_rerun_is_a_run_with_only_those_quantizers(cnn_sim):
         runner.run(calib[1], enabled=["nope"])
 
 
+def test_run_forced_feeds_the_given_values_and_keeps_the_sims_own(cnn_sim):
+    """The export check's local comparison: a forced value replaces the Sim's once computed,
+    what reads it computes from the forced value, and the Sim's own value is kept."""
+    _, calib, sim = cnn_sim
+    runner = OnnxRunner(sim)
+    run = runner.run(calib[0])
+    r1, x = runner.by_name["r1"], runner.by_name["x"]
+    same, own = runner.run_forced(calib[0], {r1: run[r1]})
+    assert torch.equal(own[r1], run[r1]) and x not in own
+    assert torch.equal(runner.outputs(same)[0], runner.outputs(run)[0])
+    doubled, own = runner.run_forced(calib[0], {r1: 2 * run[r1]})
+    assert torch.equal(own[r1], run[r1]) and torch.equal(doubled[r1], 2 * run[r1])
+    q = sim.quantizer("r1")
+    expected = mixq.core.primitives.fake_quantize(2 * run[r1], q.scale, q.zero_point, "int8")
+    assert torch.equal(runner.value(doubled, "r1"), expected)
+    assert not torch.equal(runner.outputs(doubled)[0], runner.outputs(run)[0])
+    seen = runner.by_name[sim.value_nodes["r1"]]  # the quantizer's output
+    zeroed, own = runner.run_forced(calib[0], {seen: torch.zeros_like(run[seen])})
+    assert torch.equal(own[seen], run[seen]) and torch.equal(zeroed[r1], run[r1])
+    assert not torch.equal(runner.outputs(zeroed)[0], runner.outputs(run)[0])
+    assert torch.equal(sim(*calib[0]), runner.outputs(run)[0])  # the Sim's session untouched
+
+
 def test_quant_analysis_tables_on_an_onnx_sim(cnn_sim, onnx_analysis, tmp_path):
     _, calib, sim = cnn_sim
     qa = onnx_analysis(sim)

@@ -7,7 +7,10 @@ Values are keyed by `ValueNode`, which stands where the torch runner has an fx n
 
 ONNX Runtime runs whole graphs: `OnnxRunner.rerun` runs the full model again with the named
 quantizers on (there is no partial recompute on ONNX), which gives what the torch runner
-gives from a float base run.
+gives from a float base run. `OnnxRunner.run_forced` runs a copy of the model in which the
+given values are graph inputs (`forced_model`): each node that computed one now writes the
+Sim's own value under another name, and its readers read the value given (what another
+runtime computed there, for the export check's local comparison).
 
 Example:
     >>> # runner = OnnxRunner(sim)
@@ -17,13 +20,19 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import onnx
 import torch
 
-__all__ = ["OnnxRunner", "Run", "ValueNode"]
+from mixq.sim.onnx.session import as_array, make_session
+
+__all__ = ["OnnxRunner", "Run", "ValueNode", "forced_model"]
+
+_OWN = "/mixq_own"
 
 
 @dataclass(eq=False)
@@ -78,6 +87,27 @@ class OnnxRunner:
         feeds = {n: base[self.by_name[n]].numpy() for n in self.sim.input_names}
         return self.run(feeds, enabled=list(enabled))
 
+    def run_forced(self, batch: Any, forced: Mapping[ValueNode, Any]) -> tuple[Run, Run]:
+        """Run ``batch`` with each value of ``forced`` replaced by the one given once computed;
+        return the run and the Sim's own value at each forced node, computed from the forced
+        values upstream of it (the torch runner's `run_forced`, in one ORT run). A forced
+        model input is fed as given and has no own value."""
+        feeds = self.sim.input_feeds(batch)
+        given = {n.name: as_array(v, self.sim.value_dtypes.get(n.name, "float32"))
+                 for n, v in forced.items()}  # fmt: skip
+        model, own = forced_model(self.sim.model, [n for n in given if n not in feeds])
+        fetch = [own.get(n, n) for n in self.sim.fetch_names]
+        values = self.sim.run_feeds({**feeds, **given}, fetch, None, make_session(model))
+        run = {self.by_name[n]: torch.from_numpy(v) for n, v in feeds.items()}
+        mine: Run = {}
+        for name, value in zip(self.sim.fetch_names, values, strict=True):
+            node = self.by_name[name]
+            if name in own:
+                mine[node] = torch.from_numpy(value)
+                value = given[name]
+            run[node] = torch.from_numpy(np.asarray(value))
+        return run, mine
+
     def outputs(self, run: Run) -> list[torch.Tensor]:
         """The float tensors the model returns, in order."""
         return [run[n] for n in self.output_nodes() if run[n].is_floating_point()]
@@ -88,3 +118,29 @@ class OnnxRunner:
 
     def output_nodes(self) -> list[ValueNode]:
         return [self.by_name[n] for n in self.sim.output_names]
+
+
+def forced_model(
+    model: onnx.ModelProto, names: Iterable[str]
+) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """A copy of ``model`` in which each named graph output computed by a node is a graph
+    input: the node writes ``<name>/mixq_own`` (a graph output in its place) and the name's
+    readers read the input. Returns the copy and name -> own name for those it changed."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    producer = {o: node for node in g.node for o in node.output}
+    typed = {o.name: o for o in g.output}
+    own: dict[str, str] = {}
+    for name in names:
+        node, value = producer.get(name), typed.get(name)
+        if node is None or value is None or name in own:
+            continue  # an input or initializer: nothing computes it
+        own[name] = name + _OWN
+        node.output[list(node.output).index(name)] = own[name]
+        g.input.append(onnx.helper.make_value_info(name, value.type))
+        value.name = own[name]
+    kept = [v for v in g.value_info if v.name not in own]
+    del g.value_info[:]
+    g.value_info.extend(kept)
+    return out, own

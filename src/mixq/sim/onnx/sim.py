@@ -143,9 +143,14 @@ class OnnxSim(SimBase):
         return {n: as_array(v, self.graph.tensors[n].dtype) for n, v in given.items()}
 
     def run_feeds(
-        self, feeds: dict[str, np.ndarray], names: list[str], enabled: Iterable[str] | None = None
+        self,
+        feeds: dict[str, np.ndarray],
+        names: list[str],
+        enabled: Iterable[str] | None = None,
+        session: Any = None,
     ) -> list[np.ndarray]:
-        """Run with the named quantizers on (None: as switched) and fetch ``names``."""
+        """Run with the named quantizers on (None: as switched) and fetch ``names``; in
+        ``session`` (a session of an edited copy of `model`) instead of the Sim's own."""
         on = None if enabled is None else set(enabled)
         if on is not None:
             self._check_names(on)
@@ -164,7 +169,8 @@ class OnnxSim(SimBase):
                 control.update(q.feeds())
         control.update({f.input_name: f.value(on) for f in self.bias_feeds})
         # ORT reads an empty list of names as "every output"
-        return list(self.session.run(names, {**feeds, **control})) if names else []
+        run = (session or self.session).run
+        return list(run(names, {**feeds, **control})) if names else []
 
     def __call__(self, *inputs: Any, **named: Any) -> Any:
         """The outputs as torch tensors: the tensor for one output, else a list."""
