@@ -31,7 +31,7 @@ import onnx
 
 from mixq.core.errors import MixqError
 from mixq.export.check import DEFAULT_MIN_SQNR_DB, Checked, ExportCheckError
-from mixq.export.onnx_edit import exclude_pool_overhang
+from mixq.export.onnx_edit import exclude_pool_overhang, share_equal_constants
 from mixq.export.onnx_scale_fold import fold_scales_into_linears
 from mixq.export.ort_accuracy import lossy_fusion_note
 from mixq.export.ort_gather import gather_quantized_rows
@@ -275,6 +275,7 @@ def finish_export(
         fused = {**fuse_integer_linears(model), **fuse_nbits_linears(model)}
         _retarget(model, report, {**fused, **gather_quantized_rows(model)})
         unfuse_residual_norms(model)
+    share_equal_constants(model.graph)
     onnx.checker.check_model(model)
     save_model(model, report.path)
     report.simulated_16bit = _simulated_16bit(sim)

@@ -37,6 +37,7 @@ __all__ = [
     "exclude_pool_overhang",
     "inferred_values",
     "initializer",
+    "share_equal_constants",
     "subgraph_inputs",
 ]
 
@@ -233,3 +234,47 @@ def exclude_pool_overhang(graph: onnx.GraphProto) -> list[str]:
         include.i = 0
         changed.append(node.name)
     return changed
+
+
+def share_equal_constants(graph: onnx.GraphProto) -> int:
+    """Make initializers of equal type, shape and values one (the first one's name); return
+    how many were dropped.
+
+    ONNX Runtime's common-subexpression elimination merges nodes only where they read the
+    same values by name. Smoothing gives each linear of a fork (attention's query, key and
+    value) the same multiply and its quantizer the same scale; once their constants are
+    one, ORT computes the multiply and the QuantizeLinear once for all three. Graph inputs
+    and outputs, values read inside subgraphs and external data keep their own names.
+
+    Example:
+        >>> values = {"a": [1.0, 2.0], "b": [1.0, 2.0], "c": [1.0, 3.0]}
+        >>> inits = [initializer(n, v, TensorProto.FLOAT) for n, v in values.items()]
+        >>> muls = [helper.make_node("Mul", ["x", c], [f"y{c}"]) for c in values]
+        >>> g = helper.make_graph(muls, "g", [], [], inits)
+        >>> share_equal_constants(g), [n.input[1] for n in g.node], [i.name for i in g.initializer]
+        (1, ['a', 'a', 'c'], ['a', 'c'])
+    """
+    fixed = {v.name for v in [*graph.input, *graph.output]}
+    for node in graph.node:
+        fixed |= subgraph_inputs(node)
+    first: dict[tuple[int, tuple[int, ...], bytes], str] = {}
+    shared: dict[str, str] = {}
+    for tensor in graph.initializer:
+        if tensor.name in fixed or tensor.data_location == TensorProto.EXTERNAL:
+            continue
+        key = (tensor.data_type, tuple(tensor.dims), numpy_helper.to_array(tensor).tobytes())
+        shared[tensor.name] = first.setdefault(key, tensor.name)
+    shared = {name: to for name, to in shared.items() if name != to}
+    if not shared:
+        return 0
+    kept = [t for t in graph.initializer if t.name not in shared]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    for node in graph.node:
+        inputs = [shared.get(name, name) for name in node.input]
+        del node.input[:]
+        node.input.extend(inputs)
+    values = [v for v in graph.value_info if v.name not in shared]
+    del graph.value_info[:]
+    graph.value_info.extend(values)
+    return len(shared)
