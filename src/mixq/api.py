@@ -93,7 +93,12 @@ def quantize(
         return _resolve(model, graph, config, strict)
 
     if specs:
-        return quantize_with_transforms(model, example_inputs, specs, resolve, calib)
+        # the transforms see the plan on the graph before they add ops; a config may name
+        # ops they add (a smoothed linear's), so that first look is lenient
+        def before(graph: Graph) -> Resolution:
+            return _resolve(model, graph, config, False)
+
+        return quantize_with_transforms(model, example_inputs, specs, resolve, calib, before)
     if is_onnx:
         from mixq.sim.onnx import build_sim
 

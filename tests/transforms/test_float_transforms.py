@@ -218,3 +218,19 @@ def test_an_undone_branch_takes_its_multiply_with_it():
     assert not model.up._forward_pre_hooks
     assert verify_exact(model, pair, s, [(x,)], reference, EXACT_RTOL) is not None  # exact
     assert model.up._forward_pre_hooks
+
+
+def test_a_config_may_name_the_linear_a_smoothed_fork_reads(post_ln):
+    """Smoothing a fork adds a multiply to the linear's module, and the linear's op then
+    takes a suffixed name: the one `sim.plan` lists. A config naming it failed with "no op
+    matches" in the transforms' first look at the plan, on the graph before the multiply."""
+    model, x = post_ln
+    ort = mixq.Config(default="int8", target="ort-cpu")
+    smoothed = mixq.quantize(model, x, ort, transforms=["smooth"], calib=[x])
+    up = next(op.name for op in smoothed.plan if op.module == "up" and op.kind == "linear")
+    assert up not in {op.name for op in mixq.quantize(model, x, ort).plan}
+    config = mixq.Config(default="int8", target="ort-cpu")
+    sim = mixq.quantize(
+        model, x, config.set_precision(up, "fp32", "fp32"), transforms=["smooth"], calib=[x]
+    )
+    assert sim.plan[up].input == ("fp32",) and sim.plan[up].weight == {"weight": "fp32"}

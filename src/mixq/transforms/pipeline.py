@@ -150,8 +150,13 @@ def quantize_with_transforms(
     transforms: Iterable[Spec],
     resolve: Callable[[Graph], Resolution],
     calib: Any = None,
+    resolve_before: Callable[[Graph], Resolution] | None = None,
 ) -> Any:
-    """What `mixq.quantize` runs when transforms are asked for; returns the Sim."""
+    """What `mixq.quantize` runs when transforms are asked for; returns the Sim.
+
+    ``resolve`` gives the Sim's plan on the transformed model's graph; ``resolve_before``
+    (default: ``resolve``) the plan the transforms consult on the graph before them, which
+    lacks the ops they add."""
     from mixq.sim.torch.sim import Sim
 
     parsed = parse_specs(transforms)
@@ -159,7 +164,8 @@ def quantize_with_transforms(
     copied = copy.deepcopy(model).eval()
     captured = capture(copied, example_inputs)
     ctx = TransformContext(copied, captured.graph, batches)
-    ctx.quantized = lambda: _quantized_for_all(captured.graph, resolve(captured.graph))
+    early = resolve_before or resolve
+    ctx.quantized = lambda: _quantized_for_all(captured.graph, early(captured.graph))
     records = _float_stage(ctx, parsed)
     if records and not _load_parameters(captured, copied):
         captured = capture(copied, example_inputs)
