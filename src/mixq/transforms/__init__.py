@@ -5,11 +5,13 @@ name               stage      what it changes
 =================  =========  ================================================================
 ``smooth``         float      activation outliers migrate into the next linear's weights
 ``equalize``       float      weight ranges balanced across conv / linear pairs through ReLU
+``split_outliers`` float      a linear's few huge input channels move to a side path
 ``adaround``       weights    each weight rounded up or down to minimise the layer's error
 ``bias_correct``   weights    each bias corrected by the mean output shift of its rounding
 =================  =========  ================================================================
 
-Float transforms keep the float model's outputs (up to float rounding) and add no op;
+Float transforms keep the float model's outputs (up to float rounding) and add no op
+(smoothing on a fork and ``split_outliers`` add a few, said in their records);
 weight transforms change the Sim's weights / biases for the quantized model's sake. Use
 them through ``mixq.quantize(model, inputs, cfg, transforms=[...], calib=batches)``, the
 ``transforms:`` key of a YAML config, or `apply_transforms` for the float ones alone. New
@@ -24,7 +26,13 @@ Example:
     ['equalize', 'bias_correct']
 """
 
-from mixq.transforms import adaround, bias_correct, equalize, smooth  # noqa: F401  (registers)
+from mixq.transforms import (  # noqa: F401  (registers them)
+    adaround,
+    bias_correct,
+    equalize,
+    outliers,
+    smooth,
+)
 from mixq.transforms.base import (
     TRANSFORMS,
     TransformContext,

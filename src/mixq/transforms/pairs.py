@@ -37,6 +37,7 @@ from torch import nn
 
 from mixq.analysis.metrics import float_leaves
 from mixq.graph.ir import Graph, Op
+from mixq.transforms.side_path import OUTLIER_PATH, side_path
 from mixq.transforms.stats import run_batches
 
 __all__ = [
@@ -259,6 +260,9 @@ def apply_scale(model: nn.Module, pair: ScalePair, s: torch.Tensor) -> None:
     for path in pair.consumers:
         weight = module_weight(model, path)
         weight.mul_(_along(s, weight, 1))
+        side = side_path(model.get_submodule(path))
+        if side is not None and pair.kind != "branch":  # it reads x / s too
+            side.linear.weight.mul_(s[side.index])
 
 
 def _divide_producer(model: nn.Module, pair: ScalePair, s: torch.Tensor) -> None:
@@ -267,6 +271,9 @@ def _divide_producer(model: nn.Module, pair: ScalePair, s: torch.Tensor) -> None
     bias = getattr(model.get_submodule(pair.scaled), "bias", None)
     if isinstance(bias, torch.Tensor):
         bias.div_(s)
+    side = side_path(model.get_submodule(pair.scaled))
+    if side is not None:  # its output is part of the producer's
+        side.linear.weight.div_(s[:, None])
 
 
 def _rows(w: torch.Tensor, axis: int) -> torch.Tensor:
@@ -293,7 +300,12 @@ def consumer_ranges(model: nn.Module, pair: ScalePair) -> torch.Tensor:
 def _snapshot(model: nn.Module, pair: ScalePair) -> dict[str, torch.Tensor]:
     state = model.state_dict()
     paths = (pair.scaled, *pair.consumers)
-    return {k: v.clone() for k, v in state.items() if k.rsplit(".", 1)[0] in paths}
+    sides = tuple(f"{p}.{OUTLIER_PATH}." for p in paths)
+    return {
+        k: v.clone()
+        for k, v in state.items()
+        if k.rsplit(".", 1)[0] in paths or k.startswith(sides)
+    }
 
 
 def max_relative_error(before: list[Any], after: list[Any]) -> float:
