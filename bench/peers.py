@@ -28,9 +28,10 @@ embedder, Conv/MatMul/Gemm on the CNN); NNCF ``nncf.quantize`` on the fp32 ONNX 
 (``model_type=TRANSFORMER`` on the embedder, defaults on the CNN); mixq all-int8
 ``Config(default="int8", target="ort-cpu")``, without and with ``transforms=["smooth"]``
 (SmoothQuant; on post-LN BERT the LayerNorm forks get a per-channel Mul in front of their
-linears); mixq ``search`` to a cosine target (ratio
-strategy, target ort-cpu, smoothing: each linear int8, dynamic int8 (``uint8_dynamic``,
-quantize_dynamic's form) or fp32, cheapest estimated latency);
+linears) and with ``["split_outliers", "smooth"]`` (each linear's outlier input channels on
+a side path first); mixq ``search`` to a cosine target (ratio strategy, target ort-cpu,
+both transforms: each linear int8, dynamic int8 (``uint8_dynamic``, quantize_dynamic's
+form) or fp32, cheapest estimated latency);
 mixq ``search`` under a budget (budget strategy; ``--budget``, default ``latency=1.3`` of
 all-int8's estimated latency). Both searches score min(mean cos, min cos + 0.005) on the
 validation split, so they aim at cos >= 0.995 with min >= 0.99. Scored on the calibration
@@ -444,6 +445,8 @@ def mixq_export(case: Case, config: Any, out: Path, transforms: list[Any] | None
 
 
 MIN_COS = 0.99  # the worst sentence's cosine the searches also aim for
+# outlier channels on side paths first, then smoothing of what is left (the searches' too)
+TRANSFORMS: list[Any] = ["split_outliers", "smooth"]
 
 
 def search_evaluator(case: Case) -> Callable[[Any], float]:
@@ -474,10 +477,10 @@ def mixq_search(case: Case, out: Path, seconds: float, budget: dict[str, float] 
     with _quiet():
         result = mixq.search(case.model, case.example, calib=case.calib, data=case.val,
                              evaluate=search_evaluator(case), target=TARGET_COS, config=base,
-                             transforms=["smooth"], time_budget_s=seconds, progress=False,
+                             transforms=TRANSFORMS, time_budget_s=seconds, progress=False,
                              **kwargs)  # fmt: skip
     wall = time.perf_counter() - start
-    mixq_export(case, result.plan, out)  # the plan records the smoothing; quantize re-applies it
+    mixq_export(case, result.plan, out)  # the plan records the transforms; quantize re-applies them
     note = f"met={result.met_target}, {len(result.points)} evals"
     return out, wall, note
 
@@ -516,10 +519,13 @@ def run_case(case: Case, args: argparse.Namespace, tmp: Path) -> list[Row]:
         ("mixq all-int8 + smooth, target ort-cpu",
          lambda p: mixq_export(case, mixq.Config(default="int8", target="ort-cpu"), p,
                                ["smooth"])),
-        (f"mixq search ratio + smooth, cos >= {TARGET_COS} / min >= {MIN_COS}",
+        ("mixq all-int8 + split_outliers + smooth, target ort-cpu",
+         lambda p: mixq_export(case, mixq.Config(default="int8", target="ort-cpu"), p,
+                               TRANSFORMS)),
+        (f"mixq search ratio + split + smooth, cos >= {TARGET_COS} / min >= {MIN_COS}",
          lambda p: mixq_search(case, p, args.search_s, None)),
-        (f"mixq search budget {args.budget} + smooth, cos >= {TARGET_COS} / min >= {MIN_COS}",
-         lambda p: mixq_search(case, p, args.search_s, budget_f)),
+        (f"mixq search budget {args.budget} + split + smooth, cos >= {TARGET_COS} / min >= "
+         f"{MIN_COS}", lambda p: mixq_search(case, p, args.search_s, budget_f)),
     ]  # fmt: skip
     rows = []
     for i, (name, make) in enumerate(makers):
