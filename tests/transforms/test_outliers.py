@@ -146,3 +146,17 @@ def test_the_side_path_exports_as_an_integer_matmul(ffn, tmp_path):
     assert "MatMul" not in kinds and "Gemm" not in kinds
     integer = [k for k in kinds if k in ("MatMulIntegerToFloat", "DynamicQuantizeMatMul")]
     assert len(integer) == 3, kinds  # up, down and down's side path
+
+
+def test_by_default_only_layers_no_wider_than_their_input_are_split():
+    """A side path adds over the layer's output: a widening layer (an FFN's first linear)
+    pays more for it, and reads a LayerNorm output whose outliers smoothing handles."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 32)).eval()
+    with torch.no_grad():
+        model[0].weight[3] *= 40
+        model[0].bias[3] = 40.0
+    x = torch.randn(128, 8)
+    assert apply_transforms(model, x, ["split_outliers"]).records[0].layers == []
+    every = apply_transforms(model, x, [{"name": "split_outliers", "layers": ["*"]}])
+    assert every.records[0].options["channels"] == {"2": [3]}

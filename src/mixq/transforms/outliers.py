@@ -6,8 +6,10 @@ FFN output projections: one GELU channel reaching 17-25 where the median channel
 smoothing moves part of that range into the weights, but a column scaled that far takes
 the weight quantizer's resolution from its whole row.
 
-``split_outliers`` finds, on the calibration data, the input channels of each linear whose
-max |x| exceeds ``factor`` times the median channel's, at most ``max_channels`` of them,
+``split_outliers`` finds, on the calibration data, the input channels of each linear (by
+default those whose output is no wider than their input, where trained models' massive
+activations sit: an FFN's second linear) whose max |x| exceeds ``factor`` times the median
+channel's, at most ``max_channels`` of them,
 and moves them to a side path (`mixq.transforms.side_path`): the layer reads its input
 with those channels masked to 0 (one per-channel ``Mul``, shared with smoothing's) and a
 small linear over just those channels adds their share. Float outputs are unchanged; the
@@ -72,8 +74,8 @@ def _candidates(
     ctx: TransformContext, channels: dict[str, list[int]] | None, layers: list[str] | None
 ) -> list[str]:
     """Single-use ``nn.Linear`` layers reading one tensor that the plan does not quantize
-    for every reader, whose path matches a glob of ``layers`` (None: any); with
-    ``channels`` (a saved plan's), those layers."""
+    for every reader, whose path matches a glob of ``layers`` (None: those whose output is
+    no wider than their input); with ``channels`` (a saved plan's), those layers."""
     if channels is not None:
         return list(channels)
     quantized = ctx.quantized_tensors() or set()
@@ -85,7 +87,10 @@ def _candidates(
         module = ctx.model.get_submodule(op.module) if op.module else None
         if op.kind != "linear" or not isinstance(module, nn.Linear) or len(op.inputs) != 1:
             continue
-        wanted = layers is None or any(fnmatch.fnmatchcase(op.module, g) for g in layers)
+        if layers is None:  # the side path's Add would cost more than it saves
+            wanted = module.out_features <= module.in_features
+        else:
+            wanted = any(fnmatch.fnmatchcase(op.module, g) for g in layers)
         free = op.inputs[0] not in quantized and side_path(module) is None
         if wanted and free and uses[op.module] == 1:
             paths.append(op.module)
@@ -108,10 +113,13 @@ def split_outliers(
         factor: a channel is an outlier when its max |x| exceeds this many times the
             median channel's.
         max_channels: at most this many per layer (the largest).
-        layers: globs of the linear layers' module paths to consider (None: every one).
-            Each side path costs an ``Add`` of the layer's output and a small matmul:
-            on the MiniLM, splitting all 10 layers with outliers ran at 0.42x fp32, only
-            the 3 FFN output projections that needed it at 0.35x.
+        layers: globs of the linear layers' module paths to consider (``["*"]``: every
+            one). None takes the layers whose output is no wider than their input (an
+            FFN's second linear, attention projections, not an FFN's first): a side path
+            costs an ``Add`` over the layer's output and a matmul of that width, and the
+            widening layers read LayerNorm outputs, whose outliers smoothing handles. On
+            the MiniLM, the 6 FFN input layers' splits cost 0.07x fp32 of the model's
+            time (all 10 splits: 0.42x fp32; the 4 FFN output ones: 0.35x).
         channels: layer path -> channel indices to split (a saved plan's; no search).
         tolerance: largest relative change of the float outputs; above it, every split is
             undone and the record says so.
