@@ -160,3 +160,12 @@ def test_by_default_only_layers_no_wider_than_their_input_are_split():
     assert apply_transforms(model, x, ["split_outliers"]).records[0].layers == []
     every = apply_transforms(model, x, [{"name": "split_outliers", "layers": ["*"]}])
     assert every.records[0].options["channels"] == {"2": [3]}
+
+
+def test_a_saved_split_that_does_not_fit_the_model_says_what_to_do(ffn):
+    model, calib, _ = ffn
+    for channels, words in (({"norm": [1]}, "not an nn.Linear"), ({"down": [99]}, "outside")):
+        spec = {"name": "split_outliers", "channels": channels}
+        with pytest.raises(mixq.ConfigError, match=words) as caught:
+            apply_transforms(model, calib[0], [spec], calib=calib)
+        assert "without 'channels'" in str(caught.value)

@@ -42,6 +42,7 @@ import fnmatch
 import torch
 from torch import nn
 
+from mixq.core.errors import ConfigError
 from mixq.transforms.base import TransformContext, TransformRecord, register_transform
 from mixq.transforms.pairs import (
     INPUT_SCALE,
@@ -77,6 +78,15 @@ def _candidates(
     for every reader, whose path matches a glob of ``layers`` (None: those whose output is
     no wider than their input); with ``channels`` (a saved plan's), those layers."""
     if channels is not None:
+        for path, index in channels.items():
+            width = _linear(ctx.model, path).in_features
+            bad = [i for i in index if not 0 <= int(i) < width]
+            if bad:
+                raise ConfigError(
+                    f"split_outliers: channels {bad} of {path!r} are outside its "
+                    f"{width} input channels; re-run the transform without "
+                    "'channels' to find them again"
+                )
         return list(channels)
     quantized = ctx.quantized_tensors() or set()
     uses: dict[str, int] = {}
@@ -84,14 +94,14 @@ def _candidates(
         uses[op.module] = uses.get(op.module, 0) + 1
     paths = []
     for op in ctx.graph:
-        module = ctx.model.get_submodule(op.module) if op.module else None
-        if op.kind != "linear" or not isinstance(module, nn.Linear) or len(op.inputs) != 1:
+        layer = ctx.model.get_submodule(op.module) if op.module else None
+        if op.kind != "linear" or not isinstance(layer, nn.Linear) or len(op.inputs) != 1:
             continue
         if layers is None:  # the side path's Add would cost more than it saves
-            wanted = module.out_features <= module.in_features
+            wanted = layer.out_features <= layer.in_features
         else:
             wanted = any(fnmatch.fnmatchcase(op.module, g) for g in layers)
-        free = op.inputs[0] not in quantized and side_path(module) is None
+        free = op.inputs[0] not in quantized and side_path(layer) is None
         if wanted and free and uses[op.module] == 1:
             paths.append(op.module)
     return paths
@@ -119,7 +129,7 @@ def split_outliers(
             costs an ``Add`` over the layer's output and a matmul of that width, and the
             widening layers read LayerNorm outputs, whose outliers smoothing handles. On
             the MiniLM, the 6 FFN input layers' splits cost 0.07x fp32 of the model's
-            time (all 10 splits: 0.42x fp32; the 4 FFN output ones: 0.35x).
+            time (all 10 splits: 0.42x fp32; the FFN output ones of layers 0-2: 0.35x).
         channels: layer path -> channel indices to split (a saved plan's; no search).
         tolerance: largest relative change of the float outputs; above it, every split is
             undone and the record says so.
@@ -143,8 +153,7 @@ def split_outliers(
         chosen = chosen or outlier_channels(absmax, factor, max_channels)
         if not chosen:
             continue
-        module = ctx.model.get_submodule(path)
-        assert isinstance(module, nn.Linear)
+        module = _linear(ctx.model, path)
         index = torch.tensor(chosen, dtype=torch.long)
         scale = getattr(module, INPUT_SCALE, None)
         scale = scale if isinstance(scale, torch.Tensor) else None
@@ -177,6 +186,20 @@ def split_outliers(
     if not record.layers and not record.notes:
         record.notes.append(f"no linear input with a channel over {factor:g}x the median")
     return record
+
+
+def _linear(model: nn.Module, path: str) -> nn.Linear:
+    try:
+        module = model.get_submodule(path)
+    except AttributeError:
+        module = None
+    if not isinstance(module, nn.Linear):
+        raise ConfigError(
+            f"split_outliers: {path!r} is not an nn.Linear of this model "
+            f"({type(module).__name__ if module is not None else 'no such module'}); "
+            "re-run the transform without 'channels' to find the layers again"
+        )
+    return module
 
 
 def _clone(t: torch.Tensor | None) -> torch.Tensor | None:
