@@ -97,7 +97,8 @@ class OnnxRunner:
                  for n, v in forced.items()}  # fmt: skip
         model, own = forced_model(self.sim.model, [n for n in given if n not in feeds])
         fetch = [own.get(n, n) for n in self.sim.fetch_names]
-        values = self.sim.run_feeds({**feeds, **given}, fetch, None, make_session(model))
+        feeds.update({n: v for n, v in given.items() if n in feeds or n in own})
+        values = self.sim.run_feeds(feeds, fetch, None, make_session(model))
         run = {self.by_name[n]: torch.from_numpy(v) for n, v in feeds.items()}
         mine: Run = {}
         for name, value in zip(self.sim.fetch_names, values, strict=True):
