@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -257,14 +258,19 @@ def share_equal_constants(graph: onnx.GraphProto) -> int:
     fixed = {v.name for v in [*graph.input, *graph.output]}
     for node in graph.node:
         fixed |= subgraph_inputs(node)
-    first: dict[tuple[int, tuple[int, ...], bytes], str] = {}
-    shared: dict[str, str] = {}
+    alike: dict[tuple[int, tuple[int, ...]], list[onnx.TensorProto]] = {}
     for tensor in graph.initializer:
-        if tensor.name in fixed or tensor.data_location == TensorProto.EXTERNAL:
-            continue
-        key = (tensor.data_type, tuple(tensor.dims), numpy_helper.to_array(tensor).tobytes())
-        shared[tensor.name] = first.setdefault(key, tensor.name)
-    shared = {name: to for name, to in shared.items() if name != to}
+        if tensor.name not in fixed and tensor.data_location != TensorProto.EXTERNAL:
+            alike.setdefault((tensor.data_type, tuple(tensor.dims)), []).append(tensor)
+    shared: dict[str, str] = {}
+    for group in (g for g in alike.values() if len(g) > 1):
+        first: dict[bytes, onnx.TensorProto] = {}  # by digest: no copy of the values kept
+        for tensor in group:
+            values = numpy_helper.to_array(tensor)
+            digest = hashlib.sha256(np.ascontiguousarray(values).tobytes()).digest()
+            seen = first.setdefault(digest, tensor)
+            if seen is not tensor and np.array_equal(numpy_helper.to_array(seen), values):
+                shared[tensor.name] = seen.name
     if not shared:
         return 0
     kept = [t for t in graph.initializer if t.name not in shared]
@@ -274,7 +280,7 @@ def share_equal_constants(graph: onnx.GraphProto) -> int:
         inputs = [shared.get(name, name) for name in node.input]
         del node.input[:]
         node.input.extend(inputs)
-    values = [v for v in graph.value_info if v.name not in shared]
+    infos = [v for v in graph.value_info if v.name not in shared]
     del graph.value_info[:]
-    graph.value_info.extend(values)
+    graph.value_info.extend(infos)
     return len(shared)
