@@ -57,8 +57,8 @@ def side_path(module: nn.Module) -> OutlierPath | None:
 
 def _compute_side(module: nn.Module, args: tuple[Any, ...]) -> None:
     path = side_path(module)
-    if path is not None and args:
-        path.pending.append(path(args[0]))
+    if path is not None and args:  # one call at a time: a raised forward leaves nothing behind
+        path.pending[:] = [path(args[0])]
 
 
 def _add_side(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
