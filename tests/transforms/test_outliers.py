@@ -100,20 +100,27 @@ def test_smoothing_after_the_split_shares_its_multiply(ffn):
         model, calib[0], ORT_CPU, transforms=["split_outliers", "smooth"], calib=calib
     )
     smooth = mixq.quantize(model, calib[0], ORT_CPU, transforms=["smooth"], calib=calib)
+    smoothed = [r["layer"] for r in both.transform_records[1].layers if not r["folded"]]
+    assert any(layer.endswith("-> down") for layer in smoothed), smoothed  # both scale it
     muls = [op.name for op in both.plan if op.kind == "mul"]
     assert len(muls) == len([op for op in smooth.plan if op.kind == "mul"])
+
+
+def _planted(act: nn.Module, hidden: int, out: int) -> tuple[nn.Module, torch.Tensor]:
+    """Linear(8, hidden) -> act -> Linear(hidden, out), hidden channel 3 about 40x the rest."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, hidden), act, nn.Linear(hidden, out)).eval()
+    with torch.no_grad():
+        model[0].weight[3] *= 40
+        model[0].bias[3] = 40.0
+    return model, torch.randn(128, 8)
 
 
 def test_a_pair_folded_after_the_split_scales_the_side_path_too():
     """Linear -> ReLU -> Linear folds a smoothing scale into the first linear's rows: the
     second's input is then x / s, its side path included, so the side path's columns take
     s as its own columns do. Without that the pair was not exact and was undone."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
-    with torch.no_grad():
-        model[0].weight[3] *= 40
-        model[0].bias[3] = 40.0
-    x = torch.randn(128, 8)
+    model, x = _planted(nn.ReLU(), hidden=32, out=4)
     result = apply_transforms(model, x, ["split_outliers", "smooth"])
     split, smooth = result.records
     assert split.options["channels"] == {"2": [3]}
@@ -151,12 +158,7 @@ def test_the_side_path_exports_as_an_integer_matmul(ffn, tmp_path):
 def test_by_default_only_layers_no_wider_than_their_input_are_split():
     """A side path adds over the layer's output: a widening layer (an FFN's first linear)
     pays more for it, and reads a LayerNorm output whose outliers smoothing handles."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 32)).eval()
-    with torch.no_grad():
-        model[0].weight[3] *= 40
-        model[0].bias[3] = 40.0
-    x = torch.randn(128, 8)
+    model, x = _planted(nn.GELU(), hidden=8, out=32)
     assert apply_transforms(model, x, ["split_outliers"]).records[0].layers == []
     every = apply_transforms(model, x, [{"name": "split_outliers", "layers": ["*"]}])
     assert every.records[0].options["channels"] == {"2": [3]}

@@ -44,12 +44,15 @@ __all__ = [
     "INPUT_SCALE",
     "ScalePair",
     "apply_scale",
+    "attach_input_scale",
     "consumer_ranges",
+    "detach_input_scale",
     "find_branches",
     "find_pairs",
     "max_relative_error",
     "module_weight",
     "producer_ranges",
+    "single_use",
     "verify_exact",
 ]
 
@@ -123,7 +126,7 @@ def _reach(graph: Graph, tensor: str, depth: int = 0) -> list[Op] | None:
     return found
 
 
-def _single_use(graph: Graph) -> set[str]:
+def single_use(graph: Graph) -> set[str]:
     """Module paths run by exactly one op (a shared module cannot take two scales)."""
     counts = Counter(op.module for op in graph)
     return {m for m, n in counts.items() if n == 1}
@@ -170,7 +173,7 @@ def find_pairs(
     graph: Graph, model: nn.Module, producers: tuple[str, ...] = ("linear", "conv", "layer_norm")
 ) -> list[ScalePair]:
     """Every producer (of the given kinds) whose output channels can take a scale exactly."""
-    single = _single_use(graph)
+    single = single_use(graph)
     pairs = []
     for op in graph:
         if op.kind not in producers or op.module not in single:
@@ -192,7 +195,7 @@ def find_pairs(
 def find_branches(graph: Graph, model: nn.Module, taken: list[ScalePair]) -> list[ScalePair]:
     """Tensors read by single-use ``nn.Linear`` layers that no pair in ``taken`` scales: one
     branch pair per tensor, its consumers those linears (other readers keep the tensor)."""
-    single = _single_use(graph)
+    single = single_use(graph)
     covered = {c for p in taken for c in p.consumers}
     readers: dict[str, list[str]] = {}
     for op in graph:
@@ -217,7 +220,7 @@ def _scale_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | 
     return (args[0] * inv, *args[1:])
 
 
-def _attach_input_scale(module: nn.Module, inv: torch.Tensor) -> None:
+def attach_input_scale(module: nn.Module, inv: torch.Tensor) -> None:
     old = getattr(module, INPUT_SCALE, None)
     if isinstance(old, torch.Tensor):
         getattr(module, INPUT_SCALE).mul_(inv)
@@ -226,7 +229,7 @@ def _attach_input_scale(module: nn.Module, inv: torch.Tensor) -> None:
     module.register_forward_pre_hook(_scale_input)
 
 
-def _detach_input_scale(module: nn.Module) -> None:
+def detach_input_scale(module: nn.Module) -> None:
     module._buffers.pop(INPUT_SCALE, None)
     for key, hook in list(module._forward_pre_hooks.items()):
         if hook is _scale_input:
@@ -254,7 +257,7 @@ def apply_scale(model: nn.Module, pair: ScalePair, s: torch.Tensor) -> None:
     multiply the consumers' input channels."""
     if pair.kind == "branch":
         for path in pair.consumers:
-            _attach_input_scale(model.get_submodule(path), 1.0 / s)
+            attach_input_scale(model.get_submodule(path), 1.0 / s)
     else:
         _divide_producer(model, pair, s)
     for path in pair.consumers:
@@ -340,6 +343,6 @@ def verify_exact(
     if error <= tolerance:
         return error
     for path in fresh if pair.kind == "branch" else []:
-        _detach_input_scale(model.get_submodule(path))
+        detach_input_scale(model.get_submodule(path))
     model.load_state_dict(saved, strict=False)
     return None
