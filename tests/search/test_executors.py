@@ -76,6 +76,16 @@ def test_processes_give_the_serial_search_on_bert(strategy, bert, pool):
 
 
 @pytest.mark.slow
+def test_processes_score_with_the_weights_a_weights_transform_wrote(digits, pool):
+    case = _cnn(digits)
+    serial = _run("pareto", case, "serial", transforms=["gptq"])
+    assert [t["name"] for t in serial.plan.transforms] == ["gptq"]
+    plain = _run("pareto", case, "serial")
+    assert [p.score for p in serial.points] != [p.score for p in plain.points]
+    _same(serial, _run("pareto", case, pool, transforms=["gptq"]))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_ray_gives_the_serial_search(strategy, digits, bert, ray_pool):
     for case, kw in ((_cnn(digits), {}), (_bert(bert), {"max_trials": 6})):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -36,7 +38,30 @@ def test_smoothing_lets_the_search_keep_int8_where_it_would_raise_precision():
     assert _sqnr(model, sim, calib) == pytest.approx(smoothed.best.score, abs=1e-3)
 
 
-def test_weight_transforms_are_refused_with_what_to_do(mlp_model):
+def test_int4_candidates_are_scored_with_the_weights_gptq_rounds():
+    """A weights transform runs once per layer and weight precision before the search; every
+    Sim the search builds carries those weights, and the plan reproduces them."""
+    model, inputs = outlier_bert()
+    calib = bert_batches()
+    kwargs = dict(
+        calib=calib, evaluate="sqnr", target=0, strategy="fallback", progress=False,
+        candidates=[("int8", "int4")],
+    )  # fmt: skip
+    plain = mixq.search(model, inputs, **kwargs)
+    rounded = mixq.search(model, inputs, transforms=["smooth", "gptq"], **kwargs)
+    smoothed = mixq.search(model, inputs, transforms=["smooth"], **kwargs)
+    assert rounded.best.score >= smoothed.best.score + 3.0, (smoothed.best, rounded.best)
+    assert rounded.best.score >= plain.best.score + 3.0
+    assert [t["name"] for t in rounded.plan.transforms] == ["smooth", "gptq"]
+    sim = mixq.quantize(model, inputs, rounded.plan, calib=calib).calibrate(calib)
+    assert _sqnr(model, sim, calib) == pytest.approx(rounded.best.score, abs=1e-3)
+
+
+def test_weight_transforms_need_a_pytorch_model(tmp_path, mlp_model):
     model, inputs, calib = mlp_model
-    with pytest.raises(mixq.ConfigError, match="need a Sim"):
-        mixq.search(model, inputs, calib=calib, transforms=["adaround"], progress=False)
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation
+        torch.onnx.export(model, inputs, str(path), dynamo=False)
+    with pytest.raises(mixq.ConfigError, match="PyTorch"):
+        mixq.search(str(path), inputs, calib=calib, transforms=["gptq"], progress=False)

@@ -45,6 +45,7 @@ from mixq.search.registry import STRATEGIES
 from mixq.search.result import SearchResult
 from mixq.search.sims import SimFactory
 from mixq.search.space import Candidate, SearchSpace, parse_candidates
+from mixq.search.weights import weight_table
 from mixq.sim.executors import Executor, make_executor
 from mixq.sim.torch.runner import make_runner
 
@@ -120,8 +121,11 @@ def search(
             cheapest plan gets most wrong).
         transforms: float transforms (``"smooth"``, ``"equalize"``; see `mixq.transforms`)
             applied before the search: every candidate then means "that precision on the
-            transformed model", so int8 + smoothing competes with int16 on cost. The plan
-            records them; ``mixq.quantize(model, x, result.plan)`` applies them again.
+            transformed model", so int8 + smoothing competes with int16 on cost. Weights
+            transforms (``"gptq"``, ``"adaround"``, ``"bias_correct"``) run once per layer
+            and integer weight precision before the search (`mixq.search.weights`), so an
+            int4 candidate is scored with its rounded weights. The plan records them;
+            ``mixq.quantize(model, x, result.plan, calib=calib)`` applies them again.
         executor: where the independent evaluations run: ``"serial"`` (this process),
             ``"processes"`` (a local pool) or ``"ray"`` (``ray_address=None`` starts or
             joins a local cluster; an address joins that one); ``workers`` of them. Spread:
@@ -145,14 +149,16 @@ def search(
     if not calib or not data:
         raise ConfigError("search needs calibration data: at least one batch of model inputs")
     cfg = Config.coerce(config).bind(model) if not isinstance(config, Plan) else config
-    model, specs = _transformed(model, example_inputs, calib, transforms)
+    model, specs, weight_specs = _transformed(model, example_inputs, calib, transforms)
     factory = SimFactory(model, example_inputs, calib)
     base = cfg if isinstance(cfg, Plan) else resolve_with_report(factory.graph, cfg, False).plan
-    base = replace(base, transforms=specs)
+    base = replace(base, transforms=specs + weight_specs)
     base_sim = factory.build(base)
     space = SearchSpace(
         factory.graph, base, parse_candidates(candidates), base_sim.op_stats(), keep
     )
+    if weight_specs:
+        factory.weights = weight_table(factory, space, model, weight_specs, calib)
     evaluator = Evaluator(evaluate, data, labels)
     baseline = evaluator.baseline(base_sim)
     threshold = Target.parse(target).threshold(baseline, evaluator.higher_is_better)
@@ -178,16 +184,22 @@ def search(
 
 def _transformed(
     model: Any, example_inputs: Any, calib: list[Any], transforms: list[Any] | None
-) -> tuple[Any, list[dict[str, Any]]]:
-    """The model the search runs on, and the transforms' resolved specs for the plan."""
+) -> tuple[Any, list[dict[str, Any]], list[Any]]:
+    """The model the search runs on (float transforms applied), the float transforms'
+    resolved specs for the plan, and the weights transforms' specs."""
     if not transforms:
-        return model, []
+        return model, [], []
     if isinstance(model, (str, Path)) or type(model).__name__ == "ModelProto":
         raise ConfigError("transforms rewrite PyTorch models; search the nn.Module instead")
-    from mixq.transforms import apply_transforms
+    from mixq.transforms import apply_transforms, parse_specs
+    from mixq.transforms.pipeline import split_stages
 
-    done = apply_transforms(model, example_inputs, transforms, calib=calib)
-    return done.model, [r.spec() for r in done.records]
+    floats, later = split_stages(transforms)
+    weights = [{"name": t.name, **options} for t, options in parse_specs(later)]
+    if not floats:
+        return model, [], weights
+    done = apply_transforms(model, example_inputs, floats, calib=calib)
+    return done.model, [r.spec() for r in done.records], weights
 
 
 def _limits(budget: dict[str, float] | None, reference: dict[str, float]) -> dict[str, float]:

@@ -1,6 +1,7 @@
 """Sims for the search: `SimFactory` captures the model once and builds a Sim per Plan, with
 activation ranges cached per (tensor, precision, upstream weight precisions), so a plan
-reloaded later scores exactly what the search measured."""
+reloaded later scores exactly what the search measured. Weights changed by weights
+transforms (`mixq.search.weights`) are loaded into each Sim it builds."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from mixq.core.quiet import quiet_dependencies
 from mixq.plan.plan import Plan
 from mixq.rules.resolve import Resolution
+from mixq.search.weights import WeightTable, load_weights
 
 __all__ = ["SimFactory"]
 
@@ -22,6 +24,7 @@ class SimFactory:
         self.calib, self.example_inputs = calib, example_inputs
         self.ranges: dict[tuple[Any, ...], tuple[float, float, bool]] = {}  # lo, hi, masks
         self._ancestors: dict[str, list[str]] = {}
+        self.weights: WeightTable = {}  # (op, weight precision) -> transformed tensors
         self._captured: Any = None
         self._proto: Any = None
         if isinstance(model, (str, Path)) or type(model).__name__ == "ModelProto":
@@ -43,15 +46,16 @@ class SimFactory:
             from mixq.sim.executors.torch_graph import pack_captured
 
             model = ("torch", (pack_captured(self._captured), self._captured.example_inputs))
-        return model, self.graph, self.example_inputs, self.calib, dict(self.ranges)
+        return (model, self.graph, self.example_inputs, self.calib, dict(self.ranges),
+                self.weights)  # fmt: skip
 
     @classmethod
     def unpack(cls, packed: tuple[Any, ...]) -> SimFactory:
         """The factory `pack` described, without capturing the model again."""
-        (backend, model), graph, example_inputs, calib, ranges = packed
+        (backend, model), graph, example_inputs, calib, ranges, weights = packed
         factory = cls.__new__(cls)
         factory.calib, factory.example_inputs, factory.graph = calib, example_inputs, graph
-        factory.ranges, factory._ancestors = dict(ranges), {}
+        factory.ranges, factory._ancestors, factory.weights = dict(ranges), {}, weights
         factory._captured, factory._proto = None, None
         if backend == "onnx":
             import onnx
@@ -73,7 +77,9 @@ class SimFactory:
             return OnnxSim(self._proto, self.graph, resolution, self.example_inputs)
         from mixq.sim.torch.sim import Sim
 
-        return Sim(_copy_captured(self._captured), resolution)
+        sim = Sim(_copy_captured(self._captured), resolution)
+        load_weights(sim, self.weights)
+        return sim
 
     def sim(self, plan: Plan) -> Any:
         """A Sim of ``plan`` with every activation range set, calibrating only when a

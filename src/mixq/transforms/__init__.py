@@ -7,6 +7,7 @@ name               stage      what it changes
 ``equalize``       float      weight ranges balanced across conv / linear pairs through ReLU
 ``split_outliers`` float      a linear's few huge input channels move to a side path
 ``adaround``       weights    each weight rounded up or down to minimise the layer's error
+``gptq``           weights    each weight group's range clipped, rounding errors compensated
 ``bias_correct``   weights    each bias corrected by the mean output shift of its rounding
 =================  =========  ================================================================
 
@@ -30,6 +31,7 @@ from mixq.transforms import (  # noqa: F401  (registers them)
     adaround,
     bias_correct,
     equalize,
+    gptq,
     outliers,
     smooth,
 )

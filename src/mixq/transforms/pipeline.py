@@ -47,8 +47,10 @@ from mixq.transforms.stats import run_batches
 __all__ = [
     "TransformResult",
     "apply_transforms",
+    "apply_weight_transforms",
     "quantize_with_transforms",
     "requested_transforms",
+    "split_stages",
 ]
 
 Spec = str | dict[str, Any]
@@ -130,6 +132,31 @@ def apply_transforms(
     ctx = TransformContext(copied, graph, _batches(calib, example_inputs))
     records = _float_stage(ctx, parsed)
     return TransformResult(copied, records)
+
+
+def split_stages(transforms: Iterable[Spec]) -> tuple[list[Spec], list[Spec]]:
+    """``transforms`` as (the float ones, the weights ones), each in the order given.
+
+    Example:
+        >>> split_stages(["smooth", {"name": "gptq", "damp": 0.1}])
+        (['smooth'], [{'name': 'gptq', 'damp': 0.1}])
+    """
+    specs = list(transforms)
+    stages = [t.stage for t, _ in parse_specs(specs)]
+    return (
+        [s for s, stage in zip(specs, stages, strict=True) if stage == "float"],
+        [s for s, stage in zip(specs, stages, strict=True) if stage != "float"],
+    )
+
+
+def apply_weight_transforms(
+    sim: Any, model: nn.Module, transforms: Iterable[Spec], calib: Any
+) -> list[TransformRecord]:
+    """Run weights transforms on ``sim`` (built from ``model``, the float model whose layer
+    inputs are the data), in order; returns their records."""
+    ctx = TransformContext(model, sim.graph, _batches(calib, None))
+    ctx.sim = sim
+    return [_run(ctx, t, o) for t, o in parse_specs(transforms) if t.stage == "weights"]
 
 
 def _load_parameters(captured: Captured, model: nn.Module) -> bool:

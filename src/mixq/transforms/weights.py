@@ -100,7 +100,9 @@ class Grid:
 
     ``weight`` has the batch-norm folded in (``fold``, None without one); the quantized
     value of element ``w`` is ``(clamp(round(w / scale) + zero_point, qmin, qmax) -
-    zero_point) * scale``.
+    zero_point) * scale``. ``group`` numbers the elements that share one scale (a channel,
+    a block, or the whole tensor), broadcast like the scale; ``symmetric`` is the
+    quantizer's.
     """
 
     weight: torch.Tensor
@@ -109,6 +111,8 @@ class Grid:
     qmin: int
     qmax: int
     fold: torch.Tensor | None
+    group: torch.Tensor | None = None
+    symmetric: bool = True
 
     def dequantize(self, ints: torch.Tensor) -> torch.Tensor:
         """Integers (before the zero point) -> weight values on the grid."""
@@ -152,6 +156,7 @@ def weight_grid(sim: Any, layer: QuantizedLayer, weight: torch.Tensor | None = N
     fold = q.fold_scale(w, *args[1:]) if len(args) > 1 else None
     wf = w * fold if fold is not None else w
     axis, block = q.point.axis, q.point.block_size
+    groups = torch.arange(q.scale.numel()).reshape(q.scale.shape)
     return Grid(
         wf,
         _broadcast(q.scale, wf, axis, block),
@@ -159,4 +164,6 @@ def weight_grid(sim: Any, layer: QuantizedLayer, weight: torch.Tensor | None = N
         q.qtype.qmin,
         q.qtype.qmax,
         fold,
+        _broadcast(groups, wf, axis, block).expand_as(wf),
+        bool(q.point.symmetric),
     )
