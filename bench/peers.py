@@ -85,6 +85,7 @@ import onnxruntime as ort
 import torch
 
 import mixq
+from mixq.plan.types import Granularity, Scheme
 
 HERE = Path(__file__).resolve().parent
 TARGET_COS = 0.995
@@ -301,8 +302,11 @@ _BITS = {
 }  # fmt: skip
 _COMPUTE = {"MatMul", "Gemm", "Conv", "MatMulInteger", "ConvInteger", "QLinearMatMul",
             "QLinearConv", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
-            "FusedMatMul"}  # fmt: skip
+            "FusedMatMul", "MatMulNBits"}  # fmt: skip
 _PASS = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Expand"}
+# a product or quotient with a scalar keeps its operand's grid (a runtime folds it into the
+# scale): the torch exporter writes attention's 1 / sqrt(d) that way, on query and key
+_SCALED = {"Mul", "Div"}
 # the two operands of each compute op: (input index of A, input index of B)
 _OPERANDS = {"QLinearMatMul": (0, 3), "QLinearConv": (0, 3)}
 
@@ -322,7 +326,9 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def _operand_bits(name: str, producers: dict[str, onnx.NodeProto], types: dict[str, int]) -> int:
+def _operand_bits(
+    name: str, producers: dict[str, onnx.NodeProto], types: dict[str, int], sizes: dict[str, int]
+) -> int:
     seen = 0
     while name in producers and seen < 16:
         node = producers[name]
@@ -330,10 +336,31 @@ def _operand_bits(name: str, producers: dict[str, onnx.NodeProto], types: dict[s
             return _BITS.get(types.get(node.input[0], 0), 8)
         if node.op_type == "DynamicQuantizeLinear":
             return 8
+        if node.op_type in _SCALED:
+            first, second = node.input[0], node.input[1]
+            if sizes.get(second) == 1:
+                name, seen = first, seen + 1
+                continue
+            if sizes.get(first) == 1 and node.op_type == "Mul":
+                name, seen = second, seen + 1
+                continue
+            break
         if node.op_type not in _PASS:
             break
         name, seen = node.input[0], seen + 1
     return _BITS.get(types.get(name, onnx.TensorProto.FLOAT), 32)
+
+
+def _nbits_operands(
+    node: onnx.NodeProto, producers: dict[str, onnx.NodeProto], types: dict[str, int],
+    sizes: dict[str, int],
+) -> tuple[float, int]:  # fmt: skip
+    """(K, bits A x bits B) of a MatMulNBits: accuracy level 4 runs its input in int8."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    a_bits = _operand_bits(node.input[0], producers, types, sizes)
+    if attrs.get("accuracy_level", 0) == 4:
+        a_bits = min(a_bits, 8)
+    return float(attrs["K"]), a_bits * int(attrs.get("bits", 4))
 
 
 def mac_weighted_bits(path: Path, batch: tuple[np.ndarray, ...]) -> tuple[float, dict[str, Any]]:
@@ -344,7 +371,7 @@ def mac_weighted_bits(path: Path, batch: tuple[np.ndarray, ...]) -> tuple[float,
     producers = {o: n for n in g.node for o in n.output}
     inits = {i.name: tuple(i.dims) for i in g.initializer}
     compute = [n for n in g.node if n.op_type in _COMPUTE]
-    wanted = []
+    wanted = [t for n in g.node if n.op_type in _SCALED for t in n.input[:2] if t not in inits]
     for n in compute:
         ia, ib = _OPERANDS.get(n.op_type, (0, 1))
         wanted += [t for t in (n.input[ia], n.input[ib], n.output[0]) if t not in inits]
@@ -361,11 +388,18 @@ def mac_weighted_bits(path: Path, batch: tuple[np.ndarray, ...]) -> tuple[float,
     names = [o.name for o in sess.get_outputs()]
     shapes = {n: a.shape for n, a in zip(names, sess.run(None, feeds(sess, batch)), strict=True)}
     shapes.update(inits)
+    sizes = {t: int(np.prod(shape)) for t, shape in shapes.items()}
     total_macs = total_bits = 0.0
     kinds: dict[str, int] = {}
     for n in compute:
         ia, ib = _OPERANDS.get(n.op_type, (0, 1))
         out, a, b = shapes[n.output[0]], shapes[n.input[ia]], shapes[n.input[ib]]
+        if n.op_type == "MatMulNBits":
+            k, bits = _nbits_operands(n, producers, types, sizes)
+            total_macs += float(np.prod(out)) * k
+            total_bits += float(np.prod(out)) * k * bits
+            kinds[n.op_type] = kinds.get(n.op_type, 0) + 1
+            continue
         if n.op_type in ("Conv", "ConvInteger", "QLinearConv"):
             macs = float(np.prod(out)) * float(np.prod(b[1:]))
         elif n.op_type == "Gemm":
@@ -373,8 +407,8 @@ def mac_weighted_bits(path: Path, batch: tuple[np.ndarray, ...]) -> tuple[float,
             macs = float(np.prod(out)) * float(a[0] if trans_a else a[-1])
         else:
             macs = float(np.prod(out)) * float(a[-1])
-        bits = _operand_bits(n.input[ia], producers, types) * _operand_bits(
-            n.input[ib], producers, types
+        bits = _operand_bits(n.input[ia], producers, types, sizes) * _operand_bits(
+            n.input[ib], producers, types, sizes
         )
         total_macs += macs
         total_bits += macs * bits
@@ -485,6 +519,38 @@ def mixq_search(case: Case, out: Path, seconds: float, budget: dict[str, float] 
     return out, wall, note
 
 
+# ops a full-integer target may keep in float at no MAC cost: the residual stream, its layer
+# norms and GELU (what reads them quantizes its own input)
+FLOAT_KINDS = ("add", "layer_norm", "gelu", "embedding", "dropout")
+BITS_BUDGET = 0.8  # of the all-int8 plan's bit-operations: the issue's 0.8x NNCF's bits
+
+
+def mixq_bits_search(case: Case, out: Path, seconds: float) -> tuple[Path, float, str]:
+    """The budget search for fewest bits on a full-integer target (``generic``): int4
+    weights (rounded by gptq, per block of 32) where they cost least accuracy, int8 or
+    int16 activations, within BITS_BUDGET of the all-int8 bit-operations."""
+    scheme = Scheme(weight_granularity=Granularity.PER_BLOCK, weight_block_size=32)
+    base = mixq.Config(default="int8", target="generic", scheme=scheme)
+    with _quiet():
+        kinds = {op.kind for op in mixq.quantize(case.model, case.example, base).plan}
+    keep = [f"kind:{k}" for k in FLOAT_KINDS if k in kinds]
+    for target in keep:
+        base.set_precision(target, "fp32", "fp32")
+    start = time.perf_counter()
+    with _quiet():
+        result = mixq.search(case.model, case.example, calib=case.calib, data=case.val,
+                             evaluate=search_evaluator(case), target=TARGET_COS, config=base,
+                             strategy="budget", budget={"bops": BITS_BUDGET}, cost="bops",
+                             candidates=[("int8", "int4"), "int8", ("int16", "int8")],
+                             keep=keep, transforms=[*TRANSFORMS, "gptq"],
+                             time_budget_s=seconds, progress=False)  # fmt: skip
+    wall = time.perf_counter() - start
+    mixq_export(case, result.plan, out)
+    bops = result.relative(result.best)
+    note = f"met={result.met_target}, {len(result.points)} evals, BOPs {bops:.2f}x all-int8"
+    return out, wall, note
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -526,6 +592,9 @@ def run_case(case: Case, args: argparse.Namespace, tmp: Path) -> list[Row]:
          lambda p: mixq_search(case, p, args.search_s, None)),
         (f"mixq search budget {args.budget} + split + smooth, cos >= {TARGET_COS} / min >= "
          f"{MIN_COS}", lambda p: mixq_search(case, p, args.search_s, budget_f)),
+        (f"mixq search budget bops={BITS_BUDGET}, target generic (full integer), int4 + gptq, "
+         f"cos >= {TARGET_COS} / min >= {MIN_COS}",
+         lambda p: mixq_bits_search(case, p, args.search_s)),
     ]  # fmt: skip
     rows = []
     for i, (name, make) in enumerate(makers):
