@@ -57,6 +57,19 @@ def test_gptq_round_compensates_errors_on_correlated_inputs():
     assert after < 0.6 * before, (before, after)
 
 
+def test_an_input_that_calibration_never_saw_keeps_its_nearest_weights():
+    """GPTQ's reference zeroes such a column; a channel that is 0 in calibration may not be
+    0 on other data, so its weights keep round-to-nearest."""
+    x = _correlated(512, 16, 6)
+    x[:, 3] = 0.0
+    gram = x.T @ x / len(x)
+    w = torch.randn(8, 16, generator=torch.Generator().manual_seed(7))
+    grid = _grid(w)
+    ints = gptq_round(grid, gram)
+    assert torch.equal(ints[:, 3], torch.round(w[:, 3] / grid.scale[:, 0]))
+    assert ints[:, 3].abs().sum() > 0
+
+
 def test_clip_grid_shrinks_the_range_that_one_large_weight_stretches():
     g = torch.Generator().manual_seed(2)
     w = torch.randn(4, 256, generator=g) * 0.1

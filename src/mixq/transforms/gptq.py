@@ -133,9 +133,8 @@ def gptq_round(
     lo, hi, pin = _edges(grid)
     w, scale = (t.double().clone() for t in _flat(grid)[:2])
     h = gram.double().clone()
-    dead = torch.diagonal(h) <= 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
+    dead = torch.diagonal(h) <= 0  # inputs always 0 in calibration: rounded to nearest, with
+    h[dead, dead] = 1.0  # no error carried to or from them (their weight may matter elsewhere)
     order = torch.argsort(torch.diagonal(h), descending=True)
     w, scale, lo, hi, pin = (t.double()[:, order] for t in (w, scale, lo, hi, pin))
     h = h[order][:, order]
