@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.nn import functional as F
 
 import mixq
 from mixq.analysis.metrics import float_leaves, sqnr
+from mixq.transforms.stats import record_inputs, run_batches
 from tests.transforms.models import bert_batches, outlier_bert
 
 
@@ -28,6 +30,18 @@ def output_sqnr(sim, model, inputs, weights_only=False):
     with torch.no_grad(), sim.disabled(off):
         out, ref = sim(*inputs), model(*inputs)
     return sqnr(float_leaves(ref)[0], float_leaves(out)[0])
+
+
+def layer_output_mse(model, calib, layer, *weights):
+    """Output MSE of the linear ``layer`` of ``model`` with each of ``weights`` against its
+    own weight, on its float inputs recorded over ``calib`` (apart from any transform's own
+    bookkeeping)."""
+    with record_inputs(model, [layer], keep=4096) as stats:
+        run_batches(model, calib)
+    x = stats[layer].samples()
+    w = model.get_submodule(layer).weight.detach()
+    ref = F.linear(x, w)
+    return [float((F.linear(x, wq) - ref).pow(2).mean()) for wq in weights]
 
 
 def quantized_sqnr(model, inputs, calib, config="int8", transforms=()):

@@ -14,12 +14,12 @@ from torch import nn
 from torch.nn import functional as F
 
 import mixq
+from mixq.analysis.metrics import sqnr
 from mixq.plan.types import Granularity, Scheme
 from mixq.transforms.adaround import output_mse
 from mixq.transforms.gptq import clip_grid, gptq_round
-from mixq.transforms.stats import record_inputs, run_batches
 from mixq.transforms.weights import Grid
-from tests.transforms.conftest import calibrated_sim, output_sqnr
+from tests.transforms.conftest import calibrated_sim, layer_output_mse, output_sqnr
 
 W4A8 = ("int8", "int4")
 
@@ -131,12 +131,7 @@ def test_the_sims_weight_is_on_its_grid_and_lowers_the_layers_error(w4a8, outlie
         assert torch.allclose(q(w_sim), w_sim, rtol=0, atol=1e-6 * float(w_sim.abs().max()))
     w = model.get_submodule(layer).weight.detach()
     nearest = torch.round(w / _grid(w).scale).clamp(-7, 7) * _grid(w).scale
-    with record_inputs(model, [layer], keep=4096) as stats:
-        run_batches(model, calib)
-    x = stats[layer].samples()
-    ref = F.linear(x, w)
-    mse_nearest = float((F.linear(x, nearest) - ref).pow(2).mean())
-    mse_gptq = float((F.linear(x, w_sim) - ref).pow(2).mean())
+    mse_nearest, mse_gptq = layer_output_mse(model, calib, layer, nearest, w_sim)
     assert mse_gptq < 0.8 * mse_nearest, (mse_nearest, mse_gptq)
 
 
@@ -163,11 +158,7 @@ def test_exported_file_matches_the_sim_for_block_and_asymmetric_grids(scheme, tm
     base = mixq.quantize(model, calib[0], config).calibrate(calib, progress=False)
     with torch.no_grad():
         ref = model(x)
-        assert mixq_sqnr(sim(x), ref) > mixq_sqnr(base(x), ref)
-
-
-def mixq_sqnr(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return float(10 * torch.log10(ref.pow(2).sum() / (out - ref).pow(2).sum()))
+        assert sqnr(ref, sim(x)) > sqnr(ref, base(x))
 
 
 def test_real_minilm_ffn_with_int4_weights_keeps_its_embeddings():

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.nn import functional as F
 
 from mixq.core import primitives as P
-from mixq.transforms.stats import record_inputs, run_batches
-from tests.transforms.conftest import calibrated_sim, output_sqnr
+from tests.transforms.conftest import calibrated_sim, layer_output_mse, output_sqnr
 
 GAIN_DB = 1.5
 W4A8 = ("int8", "int4")
@@ -78,12 +76,7 @@ def test_adaround_weights_stay_on_their_grid_and_beat_nearest(w4a8_sims, outlier
     assert torch.equal(P.dequantize(ints, q.scale, q.zero_point, q.qtype, q.point.axis), w_q)
     w = model.get_submodule(layer).weight.detach()
     nearest = P.fake_quantize(w, q.scale, q.zero_point, q.qtype, q.point.axis)
-    with record_inputs(model, [layer], keep=4096) as stats:
-        run_batches(model, calib)
-    x = stats[layer].samples()
-    ref = F.linear(x, w)
-    mse_nearest = float((F.linear(x, nearest) - ref).pow(2).mean())
-    mse_adaround = float((F.linear(x, w_q) - ref).pow(2).mean())
+    mse_nearest, mse_adaround = layer_output_mse(model, calib, layer, nearest, w_q)
     assert mse_adaround < 0.95 * mse_nearest, (mse_nearest, mse_adaround)
 
 

@@ -51,19 +51,18 @@ def weight_table(
         }
         sim = factory.build(space.plan(assignment, "weight transforms"))
         tensors = _tensors(sim.module)
-        before = {name: t.detach().clone() for name, t in tensors.items()}
+        names = {
+            layer.op: [n for n in (layer.weight, layer.bias, layer.bn_mean) if n is not None]
+            for layer in quantized_layers(sim, model)
+            if sim.quantizer(layer.quantizer).point.precision == precision
+        }
+        before = {n: tensors[n].detach().clone() for ns in names.values() for n in ns}
         apply_weight_transforms(sim, model, specs, calib)
-        for layer in quantized_layers(sim, model):
-            if sim.quantizer(layer.quantizer).point.precision != precision:
-                continue
-            names = [n for n in (layer.weight, layer.bias, layer.bn_mean) if n is not None]
-            changed = {
-                n: tensors[n].detach().clone()
-                for n in names
-                if not torch.equal(tensors[n], before[n])
-            }
+        for op, ns in names.items():
+            changed = {n: tensors[n].detach().clone() for n in ns
+                       if not torch.equal(tensors[n], before[n])}  # fmt: skip
             if changed:
-                table[(layer.op, precision)] = changed
+                table[(op, precision)] = changed
     return table
 
 

@@ -36,8 +36,7 @@ import torch
 
 from mixq.core.progress import progress_bar
 from mixq.transforms.base import TransformContext, TransformRecord, register_transform
-from mixq.transforms.stats import has_rows, record_inputs, run_batches
-from mixq.transforms.weights import Grid, float_weight, quantized_layers, weight_grid
+from mixq.transforms.weights import Grid, float_weight, layer_grams, weight_grid, write_weight
 
 __all__ = ["adaround", "output_mse", "round_layer"]
 
@@ -110,12 +109,6 @@ def round_layer(
         return torch.where(at_edge, nearest, floor + (_h(v) >= 0.5).float()), done
 
 
-@torch.no_grad()
-def _write(ctx: TransformContext, name: str, grid: Grid, ints: torch.Tensor) -> None:
-    weight = dict(ctx.sim.module.named_parameters())[name]
-    weight.copy_(grid.unfold(grid.dequantize(ints)))
-
-
 @register_transform("adaround", stage="weights")
 def adaround(
     ctx: TransformContext,
@@ -137,22 +130,13 @@ def adaround(
         The record: per layer the output MSE with nearest and with adaptive rounding on the
         calibration data, the share of weights rounded the other way, and steps run.
     """
-    layers = [
-        layer
-        for layer in quantized_layers(ctx.sim, ctx.model)
-        if has_rows(ctx.model.get_submodule(layer.module))
-    ]
-    with record_inputs(ctx.model, [layer.module for layer in layers], gram=True) as stats:
-        run_batches(ctx.model, ctx.batches)
+    layers = layer_grams(ctx)
     record = TransformRecord("adaround", {"iterations": iterations, "reg": reg, "lr": lr})
     if time_budget_s is not None:
         record.options["time_budget_s"] = time_budget_s
     end = time.monotonic() + (time_budget_s if time_budget_s is not None else float("inf"))
-    for i, layer in enumerate(progress_bar(layers, "adaptive rounding")):
-        if stats[layer.module].count == 0:
-            continue
+    for i, (layer, gram) in enumerate(progress_bar(layers, "adaptive rounding")):
         now = time.monotonic()
-        gram = stats[layer.module].gram
         grid = weight_grid(ctx.sim, layer, float_weight(ctx.model, ctx.sim, layer))
         deadline = now + (end - now) / (len(layers) - i)
         ints, steps = round_layer(gram, grid, iterations, deadline, reg, lr)
@@ -160,7 +144,7 @@ def adaround(
         before = float(output_mse(grid.dequantize(nearest) - grid.weight, gram))
         after = float(output_mse(grid.dequantize(ints) - grid.weight, gram))
         if after < before:
-            _write(ctx, layer.weight, grid, ints)
+            write_weight(ctx.sim, layer.weight, grid, ints)
         else:
             ints, after = nearest, before
         record.layers.append(

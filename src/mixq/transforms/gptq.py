@@ -47,8 +47,7 @@ import torch
 from mixq.core.progress import progress_bar
 from mixq.transforms.adaround import output_mse
 from mixq.transforms.base import TransformContext, TransformRecord, register_transform
-from mixq.transforms.stats import has_rows, record_inputs, run_batches
-from mixq.transforms.weights import Grid, float_weight, quantized_layers, weight_grid
+from mixq.transforms.weights import Grid, float_weight, layer_grams, weight_grid, write_weight
 
 __all__ = ["clip_grid", "gptq", "gptq_round"]
 
@@ -157,12 +156,6 @@ def gptq_round(
     return out.to(grid.weight.dtype).reshape(grid.weight.shape)
 
 
-@torch.no_grad()
-def _write(ctx: TransformContext, name: str, grid: Grid, ints: torch.Tensor) -> None:
-    weight = dict(ctx.sim.module.named_parameters())[name]
-    weight.copy_(grid.unfold(grid.dequantize(ints)))
-
-
 @register_transform("gptq", stage="weights")
 def gptq(
     ctx: TransformContext,
@@ -184,19 +177,10 @@ def gptq(
         The record: per layer the output MSE on the calibration data with nearest rounding
         on the min-max grid and with this transform, and the mean range kept.
     """
-    layers = [
-        layer
-        for layer in quantized_layers(ctx.sim, ctx.model)
-        if has_rows(ctx.model.get_submodule(layer.module))
-    ]
-    with record_inputs(ctx.model, [layer.module for layer in layers], gram=True) as stats:
-        run_batches(ctx.model, ctx.batches)
     options = {"damp": damp, "clip": clip, "min_clip": min_clip, "clip_steps": clip_steps}
     record = TransformRecord("gptq", options)
-    for layer in progress_bar(layers, "gptq rounding"):
-        if stats[layer.module].count == 0:
-            continue
-        gram = stats[layer.module].gram
+    layers = layer_grams(ctx)
+    for layer, gram in progress_bar(layers, "gptq rounding"):
         minmax = weight_grid(ctx.sim, layer, float_weight(ctx.model, ctx.sim, layer))
         nearest = torch.round(minmax.weight / minmax.scale)
         before = float(output_mse(minmax.dequantize(nearest) - minmax.weight, gram))
@@ -210,7 +194,7 @@ def gptq(
             if error < after:
                 after, grid, ints = error, candidate, rounded
         if grid is not minmax or ints is not nearest:
-            _write(ctx, layer.weight, grid, ints)
+            write_weight(ctx.sim, layer.weight, grid, ints)
         kept = (grid.scale / minmax.scale.expand_as(grid.scale)).mean()
         record.layers.append(
             {"layer": layer.op, "mse_nearest": before, "mse_gptq": after, "range": float(kept)}

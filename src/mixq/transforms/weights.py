@@ -21,12 +21,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from mixq.transforms.stats import has_rows, record_inputs, run_batches
+
 __all__ = [
     "Grid",
     "QuantizedLayer",
     "float_weight",
+    "layer_grams",
     "quantized_layers",
     "weight_grid",
+    "write_weight",
 ]
 
 
@@ -167,3 +171,23 @@ def weight_grid(sim: Any, layer: QuantizedLayer, weight: torch.Tensor | None = N
         _broadcast(groups, wf, axis, block).expand_as(wf),
         bool(q.point.symmetric),
     )
+
+
+def layer_grams(ctx: Any) -> list[tuple[QuantizedLayer, torch.Tensor]]:
+    """The Sim's quantized layers that see input rows in the calibration data, each with the
+    Gram matrix ``E[x x^T]`` of its float inputs (one pass of the float model)."""
+    layers = [
+        layer
+        for layer in quantized_layers(ctx.sim, ctx.model)
+        if has_rows(ctx.model.get_submodule(layer.module))
+    ]
+    with record_inputs(ctx.model, [layer.module for layer in layers], gram=True) as stats:
+        run_batches(ctx.model, ctx.batches)
+    return [(layer, stats[layer.module].gram) for layer in layers if stats[layer.module].count]
+
+
+@torch.no_grad()
+def write_weight(sim: Any, name: str, grid: Grid, ints: torch.Tensor) -> None:
+    """Put integers on ``grid`` into the Sim's weight ``name`` (a folded factor taken out)."""
+    weight = dict(sim.module.named_parameters())[name]
+    weight.copy_(grid.unfold(grid.dequantize(ints)))
