@@ -102,3 +102,26 @@ def test_dynamic_inputs_are_an_option_of_weighted_integer_linears_only(bert_spac
     costs = [trials.plan({**model_space.uniform(cand=INT8), q: c})[1]["latency"]
              for c in (INT8, DYN, FP32)]  # fmt: skip
     assert costs[0] < costs[1] < costs[2]
+
+
+def test_a_unit_reading_a_kept_float_tensor_reads_it_at_its_own_choice():
+    """Full-integer target, GELU kept in float: the linear after it quantizes its input on
+    its own edge, in a searched plan as in the resolved one (before, the search's plan had
+    it read float, so its cost counted a float x int8 product the config did not ask for)."""
+    model, inputs = zoo.bert()
+    factory = SimFactory(model, inputs, [inputs])
+    config = mixq.Config(default="int8", target="generic").set_precision("kind:gelu", "fp32")
+    base = resolve(factory.graph, config, strict=False)
+    space = SearchSpace(factory.graph, base, parse_candidates(["int8", "int16"]), {},
+                        keep=["kind:gelu"])  # fmt: skip
+    plan = space.plan(space.uniform(cand=INT8))
+    gelus = [n for n, op in base.ops.items() if op.kind == "gelu"]
+    graph = factory.graph
+    readers = [c.name for g in gelus for t in graph.ops[g].outputs for c in graph.consumers(t)]
+    assert gelus and readers
+    for name in readers:
+        assert plan[name].input == base.ops[name].input == ("int8",), name
+    ffn2 = space.unit_of[readers[0]]
+    wide = space.plan({**space.uniform(cand=INT8), ffn2: Candidate("int16", "int16")})
+    assert wide[readers[0]].input == ("int16",)
+    assert wide[gelus[0]].output == ("fp32",)

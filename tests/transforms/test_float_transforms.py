@@ -95,7 +95,7 @@ def _norm_outliers(make: type[nn.Module], damp_reader: bool) -> tuple[nn.Module,
         model.norm.weight[:3] *= 40
         if damp_reader:
             model.up.weight[:, :3] /= 40
-    return model, torch.randn(64, 16)
+    return model, torch.randn(512, 16)
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +113,9 @@ def test_smooth_folds_into_a_pre_ln_layer_norm_without_adding_ops(pre_ln):
         assert max_relative_error([model(x)], [result.model(x)]) <= EXACT_RTOL
     kinds = [op.kind for op in capture(result.model, x).graph]
     assert kinds == [op.kind for op in capture(model, x).graph]
-    smooth_db = quantized_sqnr(model, (x,), [x], transforms=["smooth"])
-    assert smooth_db > quantized_sqnr(model, (x,), [x]) + 3.0
+    unseen = (torch.randn(512, 16),)  # the alpha is chosen for data calibration did not see
+    smooth_db = quantized_sqnr(model, unseen, [x], transforms=["smooth"])
+    assert smooth_db > quantized_sqnr(model, unseen, [x]) + 0.5
 
 
 def test_smooth_reapplies_the_alphas_it_recorded(pre_ln):

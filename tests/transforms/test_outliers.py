@@ -2,13 +2,13 @@
 
 The pattern is a post-LN FFN whose GELU output has one channel ~40x the others (as the
 real MiniLM's FFN output projections do, 11-17x the median channel): smoothing cannot fold
-into the GELU, and the branch multiply it puts there leaves most of the range in the
-quantizer or moves it into a weight column. Measured 2026-12-07 (ort-cpu int8, SQNR of
-the output on held-out inputs): no transform 20.3 dB, split_outliers 38.0, smooth 33.2,
-split_outliers + smooth 38.8. Floors: the split +12 dB over none and above smoothing
-alone; with smoothing, +4 dB over smoothing alone. On the real MiniLM (held-out sentences,
-FFN output projections of layers 0-2 int8 instead of fp32) the worst cosine went from
-0.9826 (smooth) to 0.9945 (split_outliers on those three, then smooth).
+into the GELU and puts a branch multiply there instead. Measured 2026-12-07 (ort-cpu int8,
+SQNR of the output on held-out inputs): no transform 20.3 dB, split_outliers 38.0, smooth
+38.6 (33.2 before its alpha was scored on held-out calibration rows), split_outliers +
+smooth 38.7. Floors: each +12 dB over none; together within 0.5 dB of the better one
+alone. On the real MiniLM (held-out sentences, FFN output projections of layers 0-2 int8
+instead of fp32) the worst cosine went from 0.9826 (smooth) to 0.9945 (split_outliers on
+those three, then smooth), measured before that change to smoothing.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from mixq.transforms.side_path import OUTLIER_PATH
 
 EXACT_RTOL = 1e-5
 GAIN_DB = 12.0
-SMOOTH_GAIN_DB = 4.0
 ORT_CPU = mixq.Config(default="int8", target="ort-cpu")
 
 
@@ -83,14 +82,18 @@ def test_the_outlier_channel_moves_to_a_side_path_exactly(ffn):
         assert torch.equal(v, again.model.state_dict()[k]), k
 
 
-def test_the_split_quantizes_better_than_nothing_or_smoothing_alone(ffn):
+def test_the_split_and_smoothing_quantize_better_than_nothing_and_combine(ffn):
+    """On data calibration did not see: each moves the outlier out of the static range
+    (smoothing's alpha is chosen on held-out calibration rows), and the two together lose
+    nothing against either alone."""
     model, calib, x = ffn
     none = _held_out_sqnr(model, calib, x, [])
     split = _held_out_sqnr(model, calib, x, ["split_outliers"])
     smooth = _held_out_sqnr(model, calib, x, ["smooth"])
     both = _held_out_sqnr(model, calib, x, ["split_outliers", "smooth"])
-    assert split > none + GAIN_DB and split > smooth, f"{none:.1f} / {split:.1f} / {smooth:.1f}"
-    assert both > smooth + SMOOTH_GAIN_DB, f"{smooth:.1f} -> {both:.1f} dB"
+    figures = f"{none:.1f} / {split:.1f} / {smooth:.1f} / {both:.1f} dB"
+    assert min(split, smooth) > none + GAIN_DB, figures
+    assert both > max(split, smooth) - 0.5, figures
 
 
 def test_smoothing_after_the_split_shares_its_multiply(ffn):
@@ -121,7 +124,7 @@ def test_a_pair_folded_after_the_split_scales_the_side_path_too():
     second's input is then x / s, its side path included, so the side path's columns take
     s as its own columns do. Without that the pair was not exact and was undone."""
     model, x = _planted(nn.ReLU(), hidden=32, out=4)
-    result = apply_transforms(model, x, ["split_outliers", "smooth"])
+    result = apply_transforms(model, x, ["split_outliers", {"name": "smooth", "alpha": 0.5}])
     split, smooth = result.records
     assert split.options["channels"] == {"2": [3]}
     assert smooth.options["alpha"], smooth.notes  # the folded pair 0 -> 2 is kept

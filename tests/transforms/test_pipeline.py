@@ -59,7 +59,10 @@ def test_json_resolution_report_carries_the_transforms(all_sim, tmp_path):
     all_sim.resolution_report(tmp_path / "report.json")
     data = json.loads((tmp_path / "report.json").read_text())
     assert [t["name"] for t in data["transforms"]] == list(ALL)
-    assert all(t["layers"] for t in data["transforms"])
+    records = {r.name: r for r in all_sim.transform_records}
+    for t in data["transforms"]:  # each says what it did, or why it did nothing
+        assert t["layers"] == json.loads(json.dumps(records[t["name"]].layers))
+        assert t["layers"] or t["notes"], t["name"]
 
 
 def test_transforms_from_the_yaml_config(mlp_model, tmp_path):

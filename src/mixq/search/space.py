@@ -7,7 +7,9 @@ activation only). Choosing candidate ``(a, w)`` for a unit sets:
 - its weights to ``w``;
 - its output tensor to ``a``, and every op that reads that tensor (through data-movement
   ops) reads it at ``a`` -- so a unit's choice decides exactly its own quantizers (its
-  output activation and its weights) and no conversion appears between units;
+  output activation and its weights) and no conversion appears between units; where it
+  reads a tensor produced in float (a unit kept at fp32), it reads it at ``a`` through the
+  quantizer on its input edge, which is its own too;
 - its compute at ``a`` on its own side (internal tensors of the fused kernel).
 
 Under a target that lists ``integer_kernels`` (``ort-cpu``, `mixq.targets.kernels`),
@@ -332,12 +334,20 @@ class SearchSpace:
         )
 
     def _read_at(self, src: str, reader: str, act: dict[str, str]) -> str:
-        """The precision ``reader``'s unit reads ``src``'s output at: as produced when it
-        leaves ``src`` quantized; else at the reader's own choice where its kernel is
-        integer (the quantizer on its input edge), else fp32."""
-        if self.produces_quantized(src) or self.units[src].input is not None:
-            return act[src]
-        return act[reader] if self.units[reader].style is not None else "fp32"
+        """The precision ``reader``'s unit reads ``src``'s output at: as produced (``src``'s
+        choice where its output leaves it quantized, else fp32), except that an integer
+        kernel reading a float-produced tensor reads it at its own choice, through the
+        quantizer on its input edge (where the resolver puts it too)."""
+        quantized = self.produces_quantized(src) or self.units[src].input is not None
+        produced = act[src] if quantized else "fp32"
+        mine = act[reader]
+        if (
+            self.units[reader].style is not None
+            and qtype(produced).is_floating_point
+            and qtype(mine).rank() < qtype(produced).rank()
+        ):
+            return mine
+        return produced
 
     def computed(self, op: OpPlan) -> OpPlan:
         """``op`` as its cost counts it: a ``to_float`` op computes at its inputs' precision

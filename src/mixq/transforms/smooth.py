@@ -12,8 +12,11 @@ per linear, a ``Mul`` in the exported model (see `mixq.transforms.pairs.find_bra
 
 ``alpha`` is searched per pair on the calibration data: the candidate (or no smoothing at
 all) with the lowest output error of the consumers, with activations fake-quantized per
-tensor and weights per channel, wins. A pair whose float outputs move by more than
-``tolerance`` is undone (see `mixq.transforms.pairs.verify_exact`).
+tensor and weights per channel, wins. The error is measured two-fold on rows the scale and
+the activation range were not fitted on: a static range fitted to smoothed calibration data
+puts quiet channels at its edge, and data calibration did not see is then clipped. A pair
+whose float outputs move by more than ``tolerance`` is undone (see
+`mixq.transforms.pairs.verify_exact`).
 
 Example:
     >>> import torch, mixq
@@ -56,25 +59,62 @@ def smoothing_scale(absmax: torch.Tensor, wmax: torch.Tensor, alpha: float) -> t
     return torch.where(keep, torch.ones_like(s), s).clamp(1e-5, 1e5)
 
 
-def _fake_quant(x: torch.Tensor, precision: str, axis: int | None) -> torch.Tensor:
+def _fake_quant(
+    x: torch.Tensor, precision: str, axis: int | None, fit: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per tensor (range from ``fit``, else from ``x``; what lies outside is clipped) or
+    symmetric per row of ``x`` (``axis`` 0)."""
     if axis is None:
-        scale, zero_point = P.choose_qparams(x.min(), x.max(), precision)
+        ref = x if fit is None else fit
+        scale, zero_point = P.choose_qparams(ref.min(), ref.max(), precision)
     else:
         amax = x.abs().amax(dim=1)
         scale, zero_point = P.choose_qparams(-amax, amax, precision, symmetric=True)
     return P.fake_quantize(x, scale, zero_point, precision, axis)
 
 
-def _error(x: torch.Tensor, weights: list[torch.Tensor], s: torch.Tensor, precision: str) -> float:
-    """Relative output error of the consumers with smoothed, fake-quantized x and w."""
-    xq = _fake_quant(x / s, precision, None)
+def _error(
+    fit: torch.Tensor,
+    held: torch.Tensor,
+    weights: list[torch.Tensor],
+    wmax: torch.Tensor,
+    alpha: float | None,
+    precision: str,
+) -> float:
+    """Relative output error of the consumers on the ``held`` rows, with the smoothing
+    scale and the activation range taken from the ``fit`` rows alone (what a static range
+    clips on data calibration did not see counts); ``alpha`` None: no smoothing."""
+    if alpha is None:
+        s = torch.ones_like(wmax)
+    else:
+        s = smoothing_scale(fit.abs().amax(dim=0), wmax, alpha)
+    xq = _fake_quant(held / s, precision, None, fit=fit / s)
     noise = signal = 0.0
     for w in weights:
-        ref = x @ w.T
+        ref = held @ w.T
         out = xq @ _fake_quant(w * s, precision, 0).T
         noise += float((out - ref).pow(2).sum())
         signal += float(ref.pow(2).sum())
     return noise / max(signal, 1e-30)
+
+
+def _cross_error(
+    x: torch.Tensor,
+    weights: list[torch.Tensor],
+    wmax: torch.Tensor,
+    alpha: float | None,
+    precision: str,
+) -> float:
+    """`_error` two-fold: fitted on each half of the samples, measured on the other."""
+    half = x.shape[0] // 2
+    a, b = (x, x) if half == 0 else (x[:half], x[half:])
+    a, b = a.reshape(-1, x.shape[-1]), b.reshape(-1, x.shape[-1])
+    if half == 0:
+        return _error(a, b, weights, wmax, alpha, precision)
+    return 0.5 * (
+        _error(a, b, weights, wmax, alpha, precision)
+        + _error(b, a, weights, wmax, alpha, precision)
+    )
 
 
 def _candidates(pair: ScalePair, alpha: float | dict[str, Any] | None) -> list[float | None]:
@@ -92,19 +132,23 @@ def _choose(
     options: list[Any],
     dtype: str,
 ) -> tuple[float | None, torch.Tensor, float, float]:
-    """(alpha, scale, error without smoothing, error with it); alpha None: leave it."""
+    """(alpha, scale, error without smoothing, error with it); alpha None: leave it.
+
+    The errors are measured on calibration rows the scale and range were not fitted on
+    (`_cross_error`); the scale returned is fitted on all of them (``absmax``).
+    """
     wmax = torch.stack([w.abs().amax(dim=0) for w in weights]).amax(dim=0)
-    ones = torch.ones_like(absmax)
-    base = _error(x, weights, ones, dtype)
-    best: tuple[float | None, torch.Tensor, float] = (None, ones, base)
+    base = _cross_error(x, weights, wmax, None, dtype)
+    best: tuple[float | None, float] = (None, base)
     for a in options:
         if a is None:
             continue
-        s = smoothing_scale(absmax, wmax, a)
-        err = _error(x, weights, s, dtype)
-        if err < best[2] or options == [a]:
-            best = (a, s, err)
-    return best[0], best[1], base, best[2]
+        err = _cross_error(x, weights, wmax, a, dtype)
+        if err < best[1] or options == [a]:
+            best = (a, err)
+    if best[0] is None:
+        return None, torch.ones_like(absmax), base, base
+    return best[0], smoothing_scale(absmax, wmax, best[0]), base, best[1]
 
 
 def _pairs(
@@ -162,7 +206,7 @@ def smooth(
     pairs = _pairs(ctx, record, branches, chosen=isinstance(alpha, dict))
     with record_inputs(ctx.model, [p.consumers[0] for p in pairs], keep=rows) as stats:
         run_batches(ctx.model, ctx.batches)
-    added = 0
+    added = declined = 0
     for pair in pairs:
         stat = stats[pair.consumers[0]]
         if stat.absmax is None:
@@ -171,6 +215,7 @@ def smooth(
         x = stat.samples()
         a, s, before, after = _choose(x, stat.absmax, weights, _candidates(pair, alpha), precision)
         if a is None:
+            declined += 1
             continue
         change = verify_exact(ctx.model, pair, s, ctx.batches[:1], ctx.reference, tolerance)
         if change is None:
@@ -191,6 +236,11 @@ def smooth(
         )
     if not pairs:
         record.notes.append("no linear layer whose input can take a scale")
+    if declined:
+        record.notes.append(
+            f"{declined} pair(s) left unsmoothed: no alpha lowered the consumers' error on "
+            "calibration rows the scale and range were not fitted on"
+        )
     if added:
         record.notes.append(f"{added} per-channel multiplies added in front of linears")
     return record
