@@ -17,6 +17,8 @@ branch multiply 43.1. Floor: +10 dB over folded pairs only.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -189,6 +191,26 @@ def test_a_fork_quantized_for_every_reader_is_not_smoothed(post_ln):
     record = sim.transform_records[0]
     assert not [r for r in record.layers if not r["folded"]]
     assert any("fork(s) left unsmoothed" in n for n in record.notes)
+
+
+def test_the_branch_multiply_reads_a_float_norm_unquantized_on_a_full_integer_target(post_ln):
+    """LayerNorm kept in float on a full-integer target: the multiply in front of ``up`` is
+    the layer's input scale, so it reads the LayerNorm's float output and only its output
+    is quantized (a quantizer on its input would round the values before the smoothing:
+    14.1 dB here, against 36.0)."""
+    model, x = post_ln
+    config = mixq.Config(default="int8", target="generic").set_precision("norm", "fp32")
+    sim = mixq.quantize(model, x, config, transforms=["smooth"], calib=[x])
+    sim.calibrate([x], progress=False)
+    (scale,) = [op for op in sim.graph if sim.graph.is_input_scale(op)]
+    assert scale.module == "up" and sim.plan[scale.name].input == ("fp32",)
+    assert sim.plan[scale.name].output == ("int8",)
+    assert not [p for p in sim.points if scale.name in p.readers]
+    rounded_first = mixq.quantize(model, x, config, transforms=["smooth"], calib=[x])
+    plan = rounded_first.plan
+    plan.ops[scale.name] = replace(plan.ops[scale.name], input=("int8",))
+    before = mixq.quantize(model, x, plan, calib=[x]).calibrate([x], progress=False)
+    assert output_sqnr(sim, model, (x,)) > output_sqnr(before, model, (x,)) + 3.0
 
 
 def test_branch_smoothing_reapplies_and_leaves_the_model_alone(post_ln):

@@ -51,11 +51,37 @@ def test_smoothed_static_ranges_hold_on_sentences_calibration_did_not_see(minilm
     sim.calibrate(calib, progress=False)
     smoothed = sim.transform_records[1].options["alpha"]
     assert smoothed, sim.transform_records[1].notes  # some pairs are smoothed, not all undone
+    cos = _cosines(bert, sim, unseen)
+    assert float(cos.min()) > 0.99, (float(cos.mean()), float(cos.min()))
+
+
+def _cosines(bert, sim, batches) -> torch.Tensor:
+    """Per sentence: cosine of the Sim's mean-pooled embedding with the float model's."""
     cos = []
     with torch.no_grad():
-        for batch in unseen:
+        for batch in batches:
             mask = batch["attention_mask"][..., None].float()
             ref, out = bert(**batch).last_hidden_state, sim(**batch)[0]
             cos.append(F.cosine_similarity((out * mask).sum(1), (ref * mask).sum(1)))
-    cos_all = torch.cat(cos)
-    assert float(cos_all.min()) > 0.99, (float(cos_all.mean()), float(cos_all.min()))
+    return torch.cat(cos)
+
+
+def test_all_int8_with_float_norms_keeps_the_embeddings_where_nncf_does(minilm):
+    """Full-integer int8 with the residual stream, LayerNorm and GELU in float (NNCF's
+    transformer placement, less its 8-bit attention probabilities). The smoothing multiply
+    reads the float LayerNorm / GELU output and only its output is quantized; with a
+    quantizer on its input edge too (before) it multiplied values already rounded without
+    the smoothing: mean cosine 0.9917, worst 0.9728 (now 0.9975 / 0.9892; NNCF's int8 in
+    the peers bench: 0.9970 / 0.9674)."""
+    bert, calib, unseen = minilm
+    config = mixq.Config(default="int8", target="generic")
+    for kind in FLOAT_KINDS:
+        config.set_precision(f"kind:{kind}", "fp32", "fp32")
+    sim = mixq.quantize(bert, calib[0], config, transforms=["split_outliers", "smooth"],
+                        calib=calib)  # fmt: skip
+    sim.calibrate(calib, progress=False)
+    scales = [op for op in sim.graph if sim.graph.is_input_scale(op)]
+    assert scales
+    assert not [p for p in sim.points if p.readers and set(p.readers) & {s.name for s in scales}]
+    cos = _cosines(bert, sim, unseen)
+    assert float(cos.mean()) > 0.997 and float(cos.min()) > 0.985, (cos.mean(), cos.min())

@@ -124,6 +124,16 @@ class Graph:
     def float_outputs(self, op: Op) -> list[str]:
         return [t for t in op.outputs if self.tensors[t].quantizable]
 
+    def is_input_scale(self, op: Op) -> bool:
+        """Whether ``op`` only scales the input of the layer it belongs to: a ``mul`` with
+        one float input whose every reader is a linear of the same module (a smoothing or
+        outlier mask on the layer's input, `mixq.transforms.pairs`). It folds into the
+        quantizer of its output, so it reads its input as it was produced."""
+        if op.kind != "mul" or len(self.float_inputs(op)) != 1:
+            return False
+        readers = [c for t in op.outputs for c in self.consumers(t)]
+        return bool(readers) and all(c.kind == "linear" and c.module == op.module for c in readers)
+
     def is_quantizable(self, op: Op) -> bool:
         """Ops that touch activations or weights; the plan lists only these."""
         return bool(op.weights or self.float_inputs(op) or self.float_outputs(op))

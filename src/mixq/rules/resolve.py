@@ -100,6 +100,7 @@ class _Resolver:
             self._apply(i, rule)
         self._unify_groups()
         self._runtime_placement()
+        self._input_scales()
         ops = self._inherit(self._check_target(self._op_plans()))
         produced = tensor_precisions(self.graph, ops, self.inputs)
         model_inputs = {t: produced[t] for t in self.graph.inputs if t in produced}
@@ -270,6 +271,21 @@ class _Resolver:
             where = "in float" if style is None else f"in integer with a float output ({style})"
             rule = f"{d.rule}; {profile.name} runs {anchor.kind} {where}"
             self.decisions[op.name] = _Decision(act_in, "fp32", weight, rule, d.order)
+
+    def _input_scales(self) -> None:
+        """An op that only scales a layer's input (`Graph.is_input_scale`) reads it as it
+        was produced: its own output's quantizer is the layer's input quantizer, and a
+        quantizer on its input edge would round the values the scale is there to reshape."""
+        root = aliases(self.graph)
+        for op in self.ops:
+            if not self.graph.is_input_scale(op):
+                continue
+            (tensor,) = self.graph.float_inputs(op)
+            producer = self.decisions.get(self.graph.tensors[root[tensor]].producer or "")
+            d = self.decisions[op.name]
+            if producer is not None and producer.act_out != d.act_in:
+                rule = f"{d.rule}; scales a layer's input, reads it as produced"
+                self.decisions[op.name] = replace(d, act_in=producer.act_out, rule=rule)
 
     def _kernel_style(self, style: str | None, anchor: Op, root: dict[str, str]) -> str | None:
         if style == QLINEAR_IF_QUANTIZED:

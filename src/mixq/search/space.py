@@ -337,12 +337,15 @@ class SearchSpace:
         """The precision ``reader``'s unit reads ``src``'s output at: as produced (``src``'s
         choice where its output leaves it quantized, else fp32), except that an integer
         kernel reading a float-produced tensor reads it at its own choice, through the
-        quantizer on its input edge (where the resolver puts it too)."""
+        quantizer on its input edge (where the resolver puts it too); a layer's input scale
+        (`Graph.is_input_scale`) reads it as produced, its output quantizer being the
+        layer's."""
         quantized = self.produces_quantized(src) or self.units[src].input is not None
         produced = act[src] if quantized else "fp32"
         mine = act[reader]
         if (
             self.units[reader].style is not None
+            and not self.graph.is_input_scale(self.graph.ops[reader])
             and qtype(produced).is_floating_point
             and qtype(mine).rank() < qtype(produced).rank()
         ):
