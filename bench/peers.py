@@ -519,10 +519,25 @@ def mixq_search(case: Case, out: Path, seconds: float, budget: dict[str, float] 
     return out, wall, note
 
 
-# ops a full-integer target may keep in float at no MAC cost: the residual stream, its layer
-# norms and GELU (what reads them quantizes its own input)
-FLOAT_KINDS = ("add", "layer_norm", "gelu", "embedding", "dropout")
+# ops a full-integer target may keep in float at no MAC cost: the layer norms, GELU and the
+# lookups (what reads them quantizes its own input). Not the residual adds: on `generic` a
+# linear + residual add is one fused unit, so keeping the add in float keeps the linear too
+FLOAT_KINDS = ("layer_norm", "gelu", "embedding")
 BITS_BUDGET = 0.8  # of the all-int8 plan's bit-operations: the issue's 0.8x NNCF's bits
+
+
+def generic_int8(case: Case) -> Any:
+    """All-int8 on the full-integer target, the residual adds (and the linears fused into
+    them) at int16, FLOAT_KINDS in float."""
+    config = mixq.Config(default="int8", target="generic")
+    with _quiet():
+        kinds = {op.kind for op in mixq.quantize(case.model, case.example, config).plan}
+    if "add" in kinds:
+        config.set_precision("kind:add", "int16")
+    for kind in FLOAT_KINDS:
+        if kind in kinds:
+            config.set_precision(f"kind:{kind}", "fp32", "fp32")
+    return config
 
 
 def mixq_bits_search(case: Case, out: Path, seconds: float) -> tuple[Path, float, str]:
@@ -541,7 +556,8 @@ def mixq_bits_search(case: Case, out: Path, seconds: float) -> tuple[Path, float
         result = mixq.search(case.model, case.example, calib=case.calib, data=case.val,
                              evaluate=search_evaluator(case), target=TARGET_COS, config=base,
                              strategy="budget", budget={"bops": BITS_BUDGET}, cost="bops",
-                             candidates=[("int8", "int4"), "int8", ("int16", "int8")],
+                             candidates=[("int8", "int4"), ("int16", "int4"), "int8",
+                                         ("int16", "int8")],
                              keep=keep, transforms=[*TRANSFORMS, "gptq"],
                              time_budget_s=seconds, progress=False)  # fmt: skip
     wall = time.perf_counter() - start
@@ -588,6 +604,8 @@ def run_case(case: Case, args: argparse.Namespace, tmp: Path) -> list[Row]:
         ("mixq all-int8 + split_outliers + smooth, target ort-cpu",
          lambda p: mixq_export(case, mixq.Config(default="int8", target="ort-cpu"), p,
                                TRANSFORMS)),
+        ("mixq all-int8 (residual adds int16) + split_outliers + smooth, target generic "
+         "(full integer)", lambda p: mixq_export(case, generic_int8(case), p, TRANSFORMS)),
         (f"mixq search ratio + split + smooth, cos >= {TARGET_COS} / min >= {MIN_COS}",
          lambda p: mixq_search(case, p, args.search_s, None)),
         (f"mixq search budget {args.budget} + split + smooth, cos >= {TARGET_COS} / min >= "

@@ -5,6 +5,7 @@ model counts a MatMulIntegerToFloat at its integer cost and float ops at fp32's.
 from __future__ import annotations
 
 import pytest
+import torch
 
 import mixq
 from mixq import zoo
@@ -125,3 +126,24 @@ def test_a_unit_reading_a_kept_float_tensor_reads_it_at_its_own_choice():
     wide = space.plan({**space.uniform(cand=INT8), ffn2: Candidate("int16", "int16")})
     assert wide[readers[0]].input == ("int16",)
     assert wide[gelus[0]].output == ("fp32",)
+
+
+def test_an_outlier_side_path_keeps_8_bit_weights_among_int4_candidates():
+    """The side path carries its few channels' whole range for a few MACs: int4 there
+    costs the split's gain and saves next to nothing, so the search does not offer it."""
+    from mixq.transforms import apply_transforms
+    from tests.transforms.test_outliers import _Ffn
+
+    g = torch.Generator().manual_seed(1)
+    calib = [torch.randn(4, 16, 16, generator=g) for _ in range(4)]
+    result = apply_transforms(_Ffn().eval(), calib[0], ["split_outliers"], calib=calib)
+    assert result.records[0].layers  # the split happened
+    factory = SimFactory(result.model, calib[0], calib)
+    base = resolve(factory.graph, mixq.Config(default="int8", target="generic"), strict=False)
+    candidates = parse_candidates([("int8", "int4"), "int8", ("int16", "int4")])
+    space = SearchSpace(factory.graph, base, candidates, {})
+    side = [u for u in space.units.values() if any("outlier_path" in n for n in u.ops)]
+    main = [u for u in space.units.values() if u.kind == "linear" and u not in side]
+    assert side and main
+    assert all(c.weight == "int8" for u in side for c in u.options)
+    assert all(Candidate("int8", "int4") in u.options for u in main)

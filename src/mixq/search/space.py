@@ -48,6 +48,7 @@ from mixq.plan.tensors import aliases, tensor_precisions
 from mixq.search.candidates import Candidate, parse_candidates
 from mixq.targets import TargetProfile, load_target
 from mixq.targets.kernels import QLINEAR, QLINEAR_IF_QUANTIZED, TO_FLOAT, writes_as_gemm
+from mixq.transforms.side_path import OUTLIER_PATH
 
 __all__ = ["Candidate", "SearchSpace", "Unit", "parse_candidates"]
 
@@ -200,6 +201,10 @@ class SearchSpace:
                 c.weight in self.profile.support(k).weights for k in weighted
             ):
                 ok.append(c)
+        if any(OUTLIER_PATH in self.graph.ops[n].module.split(".") for n in unit.ops):
+            # an outlier side path carries a few channels' whole range for a few MACs: its
+            # weights keep 8 bits at least (below, its error is the split's gain, lost)
+            ok = [c for c in ok if qtype(c.weight).bits >= 8] or ok
         # weightless units: candidates differing only in weight are one choice
         if not weighted:
             ok = list({c.activation: Candidate(c.activation, c.activation) for c in ok}.values())
