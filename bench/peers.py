@@ -530,14 +530,24 @@ def generic_int8(case: Case) -> Any:
     """All-int8 on the full-integer target, the residual adds (and the linears fused into
     them) at int16, FLOAT_KINDS in float."""
     config = mixq.Config(default="int8", target="generic")
-    with _quiet():
-        kinds = {op.kind for op in mixq.quantize(case.model, case.example, config).plan}
-    if "add" in kinds:
+    if "add" in _kinds(case, config):
         config.set_precision("kind:add", "int16")
-    for kind in FLOAT_KINDS:
-        if kind in kinds:
-            config.set_precision(f"kind:{kind}", "fp32", "fp32")
+    _keep_float(case, config)
     return config
+
+
+def _kinds(case: Case, config: Any) -> set[str]:
+    with _quiet():
+        return {op.kind for op in mixq.quantize(case.model, case.example, config).plan}
+
+
+def _keep_float(case: Case, config: Any) -> list[str]:
+    """Set the FLOAT_KINDS the model has to fp32 in ``config``; returns them as targets."""
+    kinds = _kinds(case, config)
+    keep = [f"kind:{k}" for k in FLOAT_KINDS if k in kinds]
+    for target in keep:
+        config.set_precision(target, "fp32", "fp32")
+    return keep
 
 
 def mixq_bits_search(case: Case, out: Path, seconds: float) -> tuple[Path, float, str]:
@@ -546,11 +556,7 @@ def mixq_bits_search(case: Case, out: Path, seconds: float) -> tuple[Path, float
     int16 activations, within BITS_BUDGET of the all-int8 bit-operations."""
     scheme = Scheme(weight_granularity=Granularity.PER_BLOCK, weight_block_size=32)
     base = mixq.Config(default="int8", target="generic", scheme=scheme)
-    with _quiet():
-        kinds = {op.kind for op in mixq.quantize(case.model, case.example, base).plan}
-    keep = [f"kind:{k}" for k in FLOAT_KINDS if k in kinds]
-    for target in keep:
-        base.set_precision(target, "fp32", "fp32")
+    keep = _keep_float(case, base)
     start = time.perf_counter()
     with _quiet():
         result = mixq.search(case.model, case.example, calib=case.calib, data=case.val,

@@ -107,10 +107,9 @@ def _cross_error(
 ) -> float:
     """`_error` two-fold: fitted on each half of the samples, measured on the other."""
     half = x.shape[0] // 2
-    a, b = (x, x) if half == 0 else (x[:half], x[half:])
-    a, b = a.reshape(-1, x.shape[-1]), b.reshape(-1, x.shape[-1])
+    a, b = (t.reshape(-1, x.shape[-1]) for t in (x[:half], x[half:]))
     if half == 0:
-        return _error(a, b, weights, wmax, alpha, precision)
+        return _error(b, b, weights, wmax, alpha, precision)
     return 0.5 * (
         _error(a, b, weights, wmax, alpha, precision)
         + _error(b, a, weights, wmax, alpha, precision)
@@ -215,7 +214,7 @@ def smooth(
         x = stat.samples()
         a, s, before, after = _choose(x, stat.absmax, weights, _candidates(pair, alpha), precision)
         if a is None:
-            declined += 1
+            declined += alpha is None  # searched and declined (a saved plan's: not listed)
             continue
         change = verify_exact(ctx.model, pair, s, ctx.batches[:1], ctx.reference, tolerance)
         if change is None:
