@@ -111,3 +111,32 @@ def test_plan_without_a_model_says_how_to_cost_it():
     plan = mixq.Plan.from_dict(mixq.quantize(model, x, "int8").plan.to_dict())
     with pytest.raises(mixq.ConfigError, match=r"sim\.plan"):
         plan.cost()
+
+
+class _Residual(torch.nn.Module):
+    """fc1, then fc2 whose output a residual add reads (one fused kernel on ``generic``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = torch.nn.Linear(8, 8)
+        self.fc2 = torch.nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(self.fc1(x))
+
+
+def test_an_op_reading_a_narrower_tensor_costs_its_bits():
+    """A linear fused with an int16 residual add runs at int16, but it reads fc1's int8
+    output as produced (no conversion widens it): its MACs are 8-bit x 8-bit, as the file
+    counts them. The cost model counted them at the group's 16 bits (a MiniLM plan with
+    int16 residual adds: 90.3 bits per MAC in the cost model, 65.3 in the file)."""
+    torch.manual_seed(0)
+    model, x = _Residual(), (torch.randn(2, 8),)
+    config = mixq.Config(default="int8", target="generic").set_precision("kind:add", "int16")
+    sim = mixq.quantize(model, x, config)
+    fc2 = next(op for op in sim.plan if op.module == "fc2")
+    assert fc2.input == ("int16",) and fc2.output == ("int16",)  # the fused group's
+    macs = 2 * 8 * 8
+    assert sim.plan.cost().bops == pytest.approx(macs * 8 * 8 + macs * 8 * 8)
+    table = {row["op"]: row for row in cost_table(sim.graph, sim.plan, sim.op_stats()).rows}
+    assert table[fc2.name]["input"] == "int8"

@@ -9,7 +9,9 @@ by `mixq.search.measure_stats`, or any ``{tensor: shape}`` you pass to `op_stats
 - **BOPs**: MACs x activation bits x weight bits (the second operand's bits for a matmul of
   two activations). A float precision counts its bits times the target's cost ratio of it
   to the integer of the same width (fp16 on ``int8-int16-npu``: 16 x 8/2 = 64 bits), so a
-  float MAC weighs what the target says it costs.
+  float MAC weighs what the target says it costs. An input counts at the precision it is
+  read at: an int16 op (a linear fused with an int16 residual add) that reads an int8
+  tensor multiplies 8-bit values (`as_read`).
 - **weight bytes**: every parameter once, at its precision (fp32 when not quantized).
 - **activation bytes**: every activation tensor as produced, plus every conversion.
 - **latency**: sum over ops of work (MACs, else elements) x the target's relative cost
@@ -39,7 +41,7 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from mixq.core.qtypes import qtype
@@ -48,7 +50,7 @@ from mixq.core.table import Table
 from mixq.graph.ir import Graph, Op
 from mixq.graph.kinds import is_data_movement
 from mixq.plan.points import quantization_points
-from mixq.plan.tensors import tensor_precisions
+from mixq.plan.tensors import aliases, tensor_precisions
 from mixq.targets.latency import kernel_precision
 from mixq.targets.loading import load_target
 from mixq.targets.profile import TargetProfile
@@ -56,7 +58,7 @@ from mixq.targets.profile import TargetProfile
 if TYPE_CHECKING:
     from mixq.plan.plan import OpPlan, Plan
 
-__all__ = ["OpStats", "PlanCost", "cost_table", "op_cost", "op_stats", "plan_cost"]
+__all__ = ["OpStats", "PlanCost", "as_read", "cost_table", "op_cost", "op_stats", "plan_cost"]
 
 Shape = tuple[int, ...]
 
@@ -231,13 +233,35 @@ def _weight_totals(plan: Plan, stats: dict[str, OpStats]) -> tuple[float, float]
     return total_bits / 8, (total_bits / elements if elements else 32.0)
 
 
+def as_read(graph: Graph, plan: Plan) -> dict[str, OpPlan]:
+    """The plan's ops with each input at the precision the op actually reads it at: an
+    integer reader of a tensor produced at a lower integer precision reads the produced
+    values (no conversion widens them; a linear fused with an int16 residual add that reads
+    an int8 tensor multiplies 8-bit values). Other inputs stay at the op's own precision."""
+    produced = tensor_precisions(graph, plan.ops, plan.inputs)
+    root = aliases(graph)
+    ops = dict(plan.ops)
+    for name, op in plan.ops.items():
+        if name not in graph.ops:
+            continue
+        ins = graph.float_inputs(graph.ops[name])
+        srcs = [produced.get(root.get(t, t), p) for p, t in zip(op.input, ins, strict=False)]
+        read = tuple(
+            src if _integer(p) and _integer(src) and qtype(src).rank() < qtype(p).rank() else p
+            for p, src in zip(op.input, srcs, strict=False)
+        )
+        if read != op.input:
+            ops[name] = replace(op, input=read)
+    return ops
+
+
 def plan_cost(
     graph: Graph, plan: Plan, stats: dict[str, OpStats], target: str | None = None
 ) -> PlanCost:
     """The cost of ``plan`` on ``graph`` (see the module docstring)."""
     profile = load_target(target or plan.target)
     macs = bops = latency = 0.0
-    for op in plan:
+    for op in as_read(graph, plan).values():
         if op.name in stats:
             c = op_cost(op, stats[op.name], profile)
             macs, bops, latency = (
@@ -309,7 +333,7 @@ def cost_table(
     """One row per op: kind, precisions, MACs, BOPs, weight bytes, latency (largest first)."""
     cost = load_target(target or plan.target)
     rows: list[dict[str, Any]] = []
-    for op in plan:
+    for op in as_read(graph, plan).values():
         s = stats.get(op.name, OpStats())
         c = op_cost(op, s, cost)
         wbytes = sum(
