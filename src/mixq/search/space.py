@@ -12,6 +12,10 @@ activation only). Choosing candidate ``(a, w)`` for a unit sets:
   quantizer on its input edge, which is its own too;
 - its compute at ``a`` on its own side (internal tensors of the fused kernel).
 
+A unit that fuses a residual add and whose multiply reads a tensor produced in float also
+offers options whose multiply reads it narrower than the unit's output
+(`Candidate.input`: an int8 multiply into an int16 residual stream).
+
 Under a target that lists ``integer_kernels`` (``ort-cpu``, `mixq.targets.kernels`),
 units the runtime computes in float are fixed at fp32 (not searched); fp32 is an option of
 every other unit; a ``to_float`` unit (a linear ORT runs as MatMulIntegerToFloat) produces a
@@ -34,7 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from mixq.core.errors import ConfigError
 from mixq.core.qtypes import qtype
@@ -46,40 +50,12 @@ from mixq.plan.cost import OpStats, op_cost
 from mixq.plan.plan import OpPlan, Plan
 from mixq.plan.tensors import aliases, tensor_precisions
 from mixq.search.candidates import Candidate, parse_candidates
+from mixq.search.units import Unit, integer, nearest, rank
 from mixq.targets import TargetProfile, load_target
 from mixq.targets.kernels import QLINEAR, QLINEAR_IF_QUANTIZED, TO_FLOAT, writes_as_gemm
 from mixq.transforms.side_path import OUTLIER_PATH
 
 __all__ = ["Candidate", "SearchSpace", "Unit", "parse_candidates"]
-
-
-@dataclass
-class Unit:
-    """One fusion group the search decides for.
-
-    Attributes:
-        name: the group's first op (its anchor).
-        ops: the group's ops that the plan lists.
-        kind: the anchor's op kind.
-        reads: (op, input position) of every read of the unit's output, through
-            data-movement ops.
-        options: the candidates the target runs for it, cheapest first.
-        fixed: kept as the base plan has it (no option, or the user asked to keep it).
-        base: its choice in the base plan.
-        input: for a model-input unit, the input tensor (its ops are empty).
-        style: how the target runs it (`mixq.targets.kernels`: ``qlinear``, ``to_float``;
-            None: in float, so the unit is fixed).
-    """
-
-    name: str
-    ops: tuple[str, ...]
-    kind: str
-    reads: list[tuple[str, int]] = field(default_factory=list)
-    options: list[Candidate] = field(default_factory=list)
-    fixed: bool = False
-    base: Candidate = field(default_factory=lambda: Candidate("fp32", "fp32"))
-    input: str | None = None
-    style: str | None = QLINEAR
 
 
 class SearchSpace:
@@ -118,6 +94,8 @@ class SearchSpace:
             unit.fixed = not unit.options or bool(kept & set(unit.ops))
             if unit.fixed:
                 unit.options = [unit.base]
+        for unit in self.free:
+            unit.options = self._narrow_reads(unit)
 
     # -- units -------------------------------------------------------------------------------
     def source(self, tensor: str) -> str | None:
@@ -208,17 +186,59 @@ class SearchSpace:
         # weightless units: candidates differing only in weight are one choice
         if not weighted:
             ok = list({c.activation: Candidate(c.activation, c.activation) for c in ok}.values())
-        return sorted(ok, key=lambda c: (*self.unit_cost(unit, c), _rank(c)))
+        return sorted(ok, key=lambda c: (*self.unit_cost(unit, c), rank(c)))
 
     def unit_cost(self, unit: Unit, cand: Candidate) -> tuple[float, float]:
         """(latency, BOPs) of the unit's ops at ``cand``, inputs read at ``cand`` too: the
         order of its options."""
         lat = bops = 0.0
         for name in unit.ops:
-            op = self.computed(self._at(self.base.ops[name], cand, cand.activation))
+            reads = cand.reads_at if name == unit.name else cand.activation
+            op = self.computed(self._at(self.base.ops[name], cand, reads))
             c = op_cost(op, self.stats.get(name, OpStats()), self.profile)
             lat, bops = lat + c["latency"], bops + c["bops"]
         return lat, bops
+
+    def _narrow_reads(self, unit: Unit) -> list[Candidate]:
+        """``unit``'s options, plus options whose multiply reads narrower than the unit's
+        output where that is the unit's own choice: a unit that fuses a residual add (a
+        member besides the anchor reads from outside the unit) and whose anchor reads a
+        tensor produced in float has the quantizer on that edge to itself, so an int8
+        multiply can feed an int16 residual stream (the FFN output projection of a
+        transformer layer after a GELU kept in float, `Candidate.input`)."""
+        if unit.input is not None:
+            return unit.options
+        anchor = self.graph.ops[unit.name]
+        outside = [
+            t
+            for n in unit.ops[1:]
+            for t in self.graph.float_inputs(self.graph.ops[n])
+            if self.graph.tensors[self._root[t]].producer not in unit.ops
+        ]
+        if not outside or not any(self._made_in_float(t) for t in self.graph.float_inputs(anchor)):
+            return unit.options
+        allowed = self.profile.support(anchor.kind).activations
+        narrow = [c.activation for c in unit.options if integer(c.activation)]
+        extra = [
+            Candidate(c.activation, c.weight, d)
+            for c in unit.options
+            for d in dict.fromkeys(narrow)
+            if integer(c.activation)
+            and d in allowed
+            and qtype(d).rank() < qtype(c.activation).rank()
+        ]
+        return sorted([*unit.options, *extra], key=lambda c: (*self.unit_cost(unit, c), rank(c)))
+
+    def _made_in_float(self, tensor: str) -> bool:
+        """Whether ``tensor`` is produced in float whatever the search chooses: by a unit kept
+        at a float precision, or one the target computes in float."""
+        src = self.source(tensor)
+        if src is None or self.units[src].input is not None:
+            return False
+        u = self.units[src]
+        return not self.produces_quantized(src) or (
+            u.fixed and qtype(u.base.activation).is_floating_point
+        )
 
     def _base_choice(self, unit: Unit) -> Candidate:
         if unit.input is not None:
@@ -246,7 +266,7 @@ class SearchSpace:
         out = {}
         for u in self.units.values():
             if cand is not None:
-                out[u.name] = cand if cand in u.options else _nearest(u, cand)
+                out[u.name] = cand if cand in u.options else nearest(u, cand)
             else:
                 out[u.name] = u.options[index if index is not None else 0]
         return out
@@ -259,9 +279,9 @@ class SearchSpace:
     def plan(self, assignment: dict[str, Candidate], label: str = "search") -> Plan:
         """The Plan for ``assignment`` (unit name -> Candidate); missing units keep their base."""
         ops = dict(self.base.ops)
-        act = {u.name: assignment.get(u.name, u.base).activation for u in self.units.values()}
+        choice = {u.name: assignment.get(u.name, u.base) for u in self.units.values()}
         for u in self.units.values():
-            cand = assignment.get(u.name, u.base)
+            cand = choice[u.name]
             if u.fixed:
                 continue
             for name in u.ops:
@@ -271,9 +291,11 @@ class SearchSpace:
             for name, i in u.reads:
                 op = ops[name]
                 ins = list(op.input)
-                ins[i] = self._read_at(u.name, self.unit_of[name], act)
+                ins[i] = self._read_at(u.name, name, choice)
                 ops[name] = replace(op, input=tuple(ins))
-        inputs = {u.input: act[u.name] for u in self.units.values() if u.input is not None}
+        inputs = {
+            u.input: choice[u.name].activation for u in self.units.values() if u.input is not None
+        }
         ops = self._data_movement(ops, {**self.base.inputs, **inputs})
         notes: list[str] = []
         for name, op in ops.items():
@@ -294,8 +316,7 @@ class SearchSpace:
             src = self.source(t)
             if src is not None and src != owner.name:
                 pick = {u: choice.get(u, self.units[u].base) for u in (src, owner.name)}
-                act = {u: c.activation for u, c in pick.items()}
-                ins[i] = self._read_at(src, owner.name, act)
+                ins[i] = self._read_at(src, name, pick)
         return replace(op, input=tuple(ins))
 
     def move_cost(
@@ -338,16 +359,18 @@ class SearchSpace:
             weight={r: cand.weight for r in op.weight},
         )
 
-    def _read_at(self, src: str, reader: str, act: dict[str, str]) -> str:
-        """The precision ``reader``'s unit reads ``src``'s output at: as produced (``src``'s
+    def _read_at(self, src: str, op: str, choice: dict[str, Candidate]) -> str:
+        """The precision op ``op`` reads ``src``'s output at: as produced (``src``'s
         choice where its output leaves it quantized, else fp32), except that an integer
-        kernel reading a float-produced tensor reads it at its own choice, through the
-        quantizer on its input edge (where the resolver puts it too); a layer's input scale
-        (`Graph.is_input_scale`) reads it as produced, its output quantizer being the
-        layer's."""
+        kernel reading a float-produced tensor reads it at its own unit's choice (its
+        anchor at `Candidate.reads_at`), through the quantizer on its input edge (where the
+        resolver puts it too); a layer's input scale (`Graph.is_input_scale`) reads it as
+        produced, its output quantizer being the layer's."""
+        reader = self.unit_of[op]
         quantized = self.produces_quantized(src) or self.units[src].input is not None
-        produced = act[src] if quantized else "fp32"
-        mine = act[reader]
+        produced = choice[src].activation if quantized else "fp32"
+        cand = choice[reader]
+        mine = cand.reads_at if op == reader else cand.activation
         if (
             self.units[reader].style is not None
             and not self.graph.is_input_scale(self.graph.ops[reader])
@@ -374,18 +397,3 @@ class SearchSpace:
                 read = tuple(produced.get(self._root[t], "fp32") for t in ins)
                 ops[name] = replace(op, input=read, output=(read[0],) * len(op.output))
         return ops
-
-
-def _rank(c: Candidate) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    return (qtype(c.activation).rank(), qtype(c.weight).rank())
-
-
-def _nearest(unit: Unit, cand: Candidate) -> Candidate:
-    """The option closest to ``cand`` in rank (activation first, then weight)."""
-
-    def distance(c: Candidate) -> tuple[int, int]:
-        ra, rw = qtype(c.activation).rank(), qtype(c.weight).rank()
-        ta, tw = qtype(cand.activation).rank(), qtype(cand.weight).rank()
-        return (abs(ra[0] - ta[0]) + (ra[1] != ta[1]), abs(rw[0] - tw[0]) + (rw[1] != tw[1]))
-
-    return min(unit.options, key=distance)
