@@ -187,3 +187,12 @@ def test_a_residual_unit_after_a_kept_float_tensor_may_multiply_narrower():
         < space.unit_cost(space.units[unit], Candidate("int16", "int16"))[1]
     )
     assert parse_candidates([str(narrow)]) == [narrow]  # a search's history keeps it as text
+
+
+def test_a_read_precision_is_not_a_candidate_users_give(mlp_model):
+    """The '@' form is the search's own option on residual units; given for every unit it
+    would change what each multiply reads everywhere, so the search refuses it up front."""
+    model, inputs, calib = mlp_model
+    with pytest.raises(mixq.ConfigError, match=r"int16/int4@int8.*\('int16', 'int4'\)"):
+        mixq.search(model, inputs, calib=calib, candidates=["int8", "int16/int4@int8"],
+                    progress=False)  # fmt: skip

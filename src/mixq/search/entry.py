@@ -148,15 +148,21 @@ def search(
     data = list(data) if data is not None else calib
     if not calib or not data:
         raise ConfigError("search needs calibration data: at least one batch of model inputs")
+    options = parse_candidates(candidates)
+    given = [str(c) for c in options if c.input]
+    if given:
+        raise ConfigError(
+            f"candidates {given} name the precision a multiply reads at ('@'): the search "
+            "makes that option itself, on units that fuse a residual add after a tensor kept "
+            "in float; give (activation, weight) pairs, e.g. ('int16', 'int4')"
+        )
     cfg = Config.coerce(config).bind(model) if not isinstance(config, Plan) else config
     model, specs, weight_specs = _transformed(model, example_inputs, calib, transforms)
     factory = SimFactory(model, example_inputs, calib)
     base = cfg if isinstance(cfg, Plan) else resolve_with_report(factory.graph, cfg, False).plan
     base = replace(base, transforms=specs + weight_specs)
     base_sim = factory.build(base)
-    space = SearchSpace(
-        factory.graph, base, parse_candidates(candidates), base_sim.op_stats(), keep
-    )
+    space = SearchSpace(factory.graph, base, options, base_sim.op_stats(), keep)
     if weight_specs:
         factory.weights = weight_table(factory, space, model, weight_specs, calib)
     evaluator = Evaluator(evaluate, data, labels)
