@@ -155,7 +155,7 @@ def test_a_residual_unit_after_a_kept_float_tensor_may_multiply_narrower():
     add after it are one unit, whose quantizer on the GELU edge is its own. The search may
     give that multiply int8 inputs while the residual stream stays int16 (before, the unit's
     16-bit choice made it an int16 x int8 product: real MiniLM, 72.3 -> 65.3 bits per MAC in
-    the file at the same cosine). Units with no residual add get no such option."""
+    the file, held-out cosine 0.9978 -> 0.9976). Units with no residual add get no such option."""
     model, inputs = zoo.bert()
     factory = SimFactory(model, inputs, [inputs])
     config = mixq.Config(default="int8", target="generic").set_precision("kind:gelu", "fp32")

@@ -233,12 +233,14 @@ def _weight_totals(plan: Plan, stats: dict[str, OpStats]) -> tuple[float, float]
     return total_bits / 8, (total_bits / elements if elements else 32.0)
 
 
-def as_read(graph: Graph, plan: Plan) -> dict[str, OpPlan]:
+def as_read(graph: Graph, plan: Plan, produced: dict[str, str] | None = None) -> dict[str, OpPlan]:
     """The plan's ops with each input at the precision the op actually reads it at: an
     integer reader of a tensor produced at a lower integer precision reads the produced
     values (no conversion widens them; a linear fused with an int16 residual add that reads
-    an int8 tensor multiplies 8-bit values). Other inputs stay at the op's own precision."""
-    produced = tensor_precisions(graph, plan.ops, plan.inputs)
+    an int8 tensor multiplies 8-bit values). Other inputs stay at the op's own precision.
+    ``produced``: `tensor_precisions` of the plan, if the caller has it."""
+    if produced is None:
+        produced = tensor_precisions(graph, plan.ops, plan.inputs)
     root = aliases(graph)
     ops = dict(plan.ops)
     for name, op in plan.ops.items():
@@ -260,8 +262,9 @@ def plan_cost(
 ) -> PlanCost:
     """The cost of ``plan`` on ``graph`` (see the module docstring)."""
     profile = load_target(target or plan.target)
+    produced = tensor_precisions(graph, plan.ops, plan.inputs)
     macs = bops = latency = 0.0
-    for op in as_read(graph, plan).values():
+    for op in as_read(graph, plan, produced).values():
         if op.name in stats:
             c = op_cost(op, stats[op.name], profile)
             macs, bops, latency = (
@@ -271,7 +274,6 @@ def plan_cost(
             )
     weight_bytes, effective_bits = _weight_totals(plan, stats)
     elements = _tensor_elements(graph, stats)
-    produced = tensor_precisions(graph, plan.ops, plan.inputs)
     act_bytes = sum(elements.get(t, 0) * qtype(p).bits / 8 for t, p in produced.items())
     conversions = [p for p in quantization_points(graph, plan) if p.readers]
     conv_bytes = sum(elements.get(p.target, 0) * qtype(p.precision).bits / 8 for p in conversions)

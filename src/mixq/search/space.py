@@ -50,7 +50,7 @@ from mixq.plan.cost import OpStats, op_cost
 from mixq.plan.plan import OpPlan, Plan
 from mixq.plan.tensors import aliases, tensor_precisions
 from mixq.search.candidates import Candidate, parse_candidates
-from mixq.search.units import Unit, integer, nearest, rank
+from mixq.search.units import Unit, nearest, rank
 from mixq.targets import TargetProfile, load_target
 from mixq.targets.kernels import QLINEAR, QLINEAR_IF_QUANTIZED, TO_FLOAT, writes_as_gemm
 from mixq.transforms.side_path import OUTLIER_PATH
@@ -218,14 +218,12 @@ class SearchSpace:
         if not outside or not any(self._made_in_float(t) for t in self.graph.float_inputs(anchor)):
             return unit.options
         allowed = self.profile.support(anchor.kind).activations
-        narrow = [c.activation for c in unit.options if integer(c.activation)]
+        ints = [c for c in unit.options if not qtype(c.activation).is_floating_point]
         extra = [
             Candidate(c.activation, c.weight, d)
-            for c in unit.options
-            for d in dict.fromkeys(narrow)
-            if integer(c.activation)
-            and d in allowed
-            and qtype(d).rank() < qtype(c.activation).rank()
+            for c in ints
+            for d in dict.fromkeys(n.activation for n in ints)
+            if d in allowed and qtype(d).rank() < qtype(c.activation).rank()
         ]
         return sorted([*unit.options, *extra], key=lambda c: (*self.unit_cost(unit, c), rank(c)))
 

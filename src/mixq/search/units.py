@@ -14,7 +14,7 @@ from mixq.core.qtypes import qtype
 from mixq.search.candidates import Candidate
 from mixq.targets.kernels import QLINEAR
 
-__all__ = ["Unit", "integer", "nearest", "rank"]
+__all__ = ["Unit", "nearest", "rank"]
 
 
 @dataclass
@@ -44,12 +44,6 @@ class Unit:
     base: Candidate = field(default_factory=lambda: Candidate("fp32", "fp32"))
     input: str | None = None
     style: str | None = QLINEAR
-
-
-def integer(precision: str) -> bool:
-    """Whether ``precision`` is an integer type (not a float, not the identity)."""
-    t = qtype(precision)
-    return not t.is_floating_point and not t.is_identity
 
 
 def rank(c: Candidate) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
