@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
@@ -55,6 +56,30 @@ def test_int4_candidates_are_scored_with_the_weights_gptq_rounds():
     assert [t["name"] for t in rounded.plan.transforms] == ["smooth", "gptq"]
     sim = mixq.quantize(model, inputs, rounded.plan, calib=calib).calibrate(calib)
     assert _sqnr(model, sim, calib) == pytest.approx(rounded.best.score, abs=1e-3)
+
+
+def test_a_unit_error_counts_the_weights_gptq_rounded(tmp_path):
+    """The sensitivity measures each unit against the float model. The Sims hold gptq's
+    rounded weights (on the grid, so a weight quantizer switched on changes nothing); with
+    them in the reference run too, every int4 option measured as free as int8."""
+    model, inputs = outlier_bert()
+
+    def errors(transforms: list[str]) -> dict[str, dict[str, float]]:
+        history = tmp_path / f"{'-'.join(transforms)}.jsonl"
+        mixq.search(model, inputs, calib=bert_batches(), evaluate="sqnr", target=0,
+                    strategy="pareto", points=2, candidates=[("int16", "int4"), ("int16", "int8")],
+                    transforms=transforms, history=history, progress=False)  # fmt: skip
+        rows = [json.loads(line) for line in history.read_text().splitlines()]
+        return next(r["value"] for r in rows if r.get("name") == "unit_errors")
+
+    nearest, rounded = errors(["smooth"]), errors(["smooth", "gptq"])
+    linears = [u for u, e in rounded.items() if "int16/int4" in e]
+    assert len(linears) >= 4
+    for unit in linears:
+        int4, int8 = rounded[unit]["int16/int4"], rounded[unit]["int16/int8"]
+        assert int4 > 10 * int8, (unit, rounded[unit])
+        # gptq lowers the rounding error (here 40x below round-to-nearest on the outliers)
+        assert int4 <= 1.2 * nearest[unit]["int16/int4"]
 
 
 def test_weight_transforms_need_a_pytorch_model(tmp_path, mlp_model):
