@@ -14,7 +14,9 @@ Models
     Corpus: ``bench/data/sentences.txt`` (hand-written, varied English, 3-45 tokens);
     calibration = the first ``--calib`` sentences, evaluation = all the others. The
     searches choose their plan on a third split, ``bench/data/validation.txt`` (48
-    sentences, 10 of them 1-3 words: the class the evaluation's worst rows come from).
+    sentences, 10 of them 1-3 words: the class the evaluation's worst rows come from); the
+    fewest-bits search, whose target is the mean, on ``bench/data/validation-typical.txt``
+    (48 more sentences written like the corpus, one of them 1-3 words).
     Every batch (calibration, validation, evaluation, latency) is padded to one fixed
     length L (the longest corpus sentence, rounded up to 8): ORT's calibrators need a
     fixed shape.
@@ -113,6 +115,7 @@ class Case:
     calib: list[tuple[torch.Tensor, ...]]  # fixed-shape batches
     evals: list[tuple[torch.Tensor, ...]]
     val: list[tuple[torch.Tensor, ...]]  # the searches' split: neither calibration nor eval
+    typical: list[tuple[torch.Tensor, ...]]  # a validation split drawn like the evaluation
     vector: Callable[[np.ndarray, tuple[np.ndarray, ...]], np.ndarray]  # output -> rows
     static_ops: list[str]
     nncf_type: str | None
@@ -150,8 +153,9 @@ def embedder_case(quick: bool, n_calib: int, batch: int) -> Case:
         bert.encoder.layer = bert.encoder.layer[:1]
     sentences = [s for s in (HERE / "data" / "sentences.txt").read_text().splitlines() if s]
     validation = [s for s in (HERE / "data" / "validation.txt").read_text().splitlines() if s]
+    typical = [s for s in (HERE / "data" / "validation-typical.txt").read_text().splitlines() if s]
     if quick:
-        sentences, validation = sentences[:64], validation[:16]
+        sentences, validation, typical = sentences[:64], validation[:16], typical[:16]
         n_calib = min(n_calib, 32)
         batch = 16
     length = max(len(tok(s)["input_ids"]) for s in sentences)
@@ -176,7 +180,7 @@ def embedder_case(quick: bool, n_calib: int, batch: int) -> Case:
     layers = len(bert.encoder.layer)
     name = f"all-MiniLM-L6-v2 ({layers} layers), {len(eval_s)} eval sentences, L={length}"
     return Case(name, Embedder(bert).eval(), calib, batches(eval_s), batches(validation),
-                _mean_pool, ["MatMul"], "TRANSFORMER")  # fmt: skip
+                batches(typical), _mean_pool, ["MatMul"], "TRANSFORMER")  # fmt: skip
 
 
 def cnn_case(quick: bool) -> Case:
@@ -185,7 +189,7 @@ def cnn_case(quick: bool) -> Case:
     n = 4 if quick else 12
     calib, val = full[:n], full[n : n + 4]
     evals = [(data.x_test[i : i + 64],) for i in range(0, len(data.x_test), 64)]
-    case = Case("digits CNN (mixq.zoo), 360 test images", model, calib, evals, val,
+    case = Case("digits CNN (mixq.zoo), 360 test images", model, calib, evals, val, val,
                 _identity, ["Conv", "MatMul", "Gemm"], None)  # fmt: skip
     case.labels = data.y_test.numpy()
     return case
@@ -496,6 +500,16 @@ def search_evaluator(case: Case) -> Callable[[Any], float]:
     return pooled_cosine
 
 
+def typical_evaluator(case: Case) -> Callable[[Any], float]:
+    """sim -> the mean cosine of its embeddings vs float on the typical validation split."""
+    refs = torch_embeddings(case.model, case, case.typical)
+
+    def mean_cosine(sim: Any) -> float:
+        return float(cosines(torch_embeddings(sim, case, case.typical), refs).mean())
+
+    return mean_cosine
+
+
 def mixq_search(case: Case, out: Path, seconds: float, budget: dict[str, float] | None
                 ) -> tuple[Path, float, str]:  # fmt: skip
     base = mixq.Config(default="int8", target="ort-cpu")
@@ -523,7 +537,10 @@ def mixq_search(case: Case, out: Path, seconds: float, budget: dict[str, float] 
 # lookups (what reads them quantizes its own input). Not the residual adds: on `generic` a
 # linear + residual add is one fused unit, so keeping the add in float keeps the linear too
 FLOAT_KINDS = ("layer_norm", "gelu", "embedding")
-BITS_BUDGET = 0.8  # of the all-int8 plan's bit-operations: the issue's 0.8x NNCF's bits
+# of the all-int8 plan's bit-operations (cost model); that plan reads ~67 bits per MAC in
+# the file (attention's probabilities stay float), so 0.75 lands near 50: the issue's 0.8x
+# NNCF's 64
+BITS_BUDGET = 0.75
 
 
 def generic_int8(case: Case) -> Any:
@@ -553,7 +570,12 @@ def _keep_float(case: Case, config: Any) -> list[str]:
 def mixq_bits_search(case: Case, out: Path, seconds: float) -> tuple[Path, float, str]:
     """The budget search for fewest bits on a full-integer target (``generic``): int4
     weights (rounded by gptq, asymmetric, per block of 16) where they cost least accuracy,
-    int8 or int16 activations, within BITS_BUDGET of the all-int8 bit-operations.
+    int8 or int16 activations, within BITS_BUDGET of the all-int8 bit-operations, to a mean
+    cosine of TARGET_COS on the typical validation split (``validation-typical.txt``, drawn
+    like the evaluation corpus). The ``validation.txt`` split the latency searches use is a
+    fifth 1-3 word utterances, on purpose (their target includes the worst sentence); on it
+    the A8 hand plan below reads 0.9914 and all-int8 0.9955, so no plan near 50 bits could
+    meet a mean target there, while both read 0.9958 / 0.9976 on the evaluation corpus.
 
     Asymmetric blocks of 16: on the real MiniLM at A8 with int4 on Q / K, the FFN output
     projections of layers 0-3 and the FFN inputs of layers 1-2 (a hand plan, 49.5 bits)
@@ -567,8 +589,8 @@ def mixq_bits_search(case: Case, out: Path, seconds: float) -> tuple[Path, float
     keep = _keep_float(case, base)
     start = time.perf_counter()
     with _quiet():
-        result = mixq.search(case.model, case.example, calib=case.calib, data=case.val,
-                             evaluate=search_evaluator(case), target=TARGET_COS, config=base,
+        result = mixq.search(case.model, case.example, calib=case.calib, data=case.typical,
+                             evaluate=typical_evaluator(case), target=TARGET_COS, config=base,
                              strategy="budget", budget={"bops": BITS_BUDGET}, cost="bops",
                              candidates=[("int8", "int4"), ("int16", "int4"), "int8",
                                          ("int16", "int8")],
@@ -625,7 +647,7 @@ def run_case(case: Case, args: argparse.Namespace, tmp: Path) -> list[Row]:
         (f"mixq search budget {args.budget} + split + smooth, cos >= {TARGET_COS} / min >= "
          f"{MIN_COS}", lambda p: mixq_search(case, p, args.search_s, budget_f)),
         (f"mixq search budget bops={BITS_BUDGET}, target generic (full integer), int4 + gptq, "
-         f"cos >= {TARGET_COS} / min >= {MIN_COS}",
+         f"mean cos >= {TARGET_COS} on the typical split",
          lambda p: mixq_bits_search(case, p, args.search_s)),
     ]  # fmt: skip
     rows = []
