@@ -144,7 +144,7 @@ def adaround(
         before = float(output_mse(grid.dequantize(nearest) - grid.weight, gram))
         after = float(output_mse(grid.dequantize(ints) - grid.weight, gram))
         if after < before:
-            write_weight(ctx.sim, layer.weight, grid, ints)
+            write_weight(ctx.sim, layer, grid, ints)
         else:
             ints, after = nearest, before
         record.layers.append(

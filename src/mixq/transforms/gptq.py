@@ -194,7 +194,7 @@ def gptq(
             if error < after:
                 after, grid, ints = error, candidate, rounded
         if grid is not minmax or ints is not nearest:
-            write_weight(ctx.sim, layer.weight, grid, ints)
+            write_weight(ctx.sim, layer, grid, ints)
         kept = (grid.scale / minmax.scale.expand_as(grid.scale)).mean()
         record.layers.append(
             {"layer": layer.op, "mse_nearest": before, "mse_gptq": after, "range": float(kept)}

@@ -187,7 +187,11 @@ def layer_grams(ctx: Any) -> list[tuple[QuantizedLayer, torch.Tensor]]:
 
 
 @torch.no_grad()
-def write_weight(sim: Any, name: str, grid: Grid, ints: torch.Tensor) -> None:
-    """Put integers on ``grid`` into the Sim's weight ``name`` (a folded factor taken out)."""
-    weight = dict(sim.module.named_parameters())[name]
+def write_weight(sim: Any, layer: QuantizedLayer, grid: Grid, ints: torch.Tensor) -> None:
+    """Put integers on ``grid`` into the layer's weight in the Sim (a folded factor taken
+    out); its weight quantizer keeps the float weight for when it is switched off."""
+    weight = dict(sim.module.named_parameters())[layer.weight]
+    quantizer = sim.quantizer(layer.quantizer)
+    if quantizer.float_weight is None:
+        quantizer.float_weight = weight.detach().clone()
     weight.copy_(grid.unfold(grid.dequantize(ints)))

@@ -163,6 +163,10 @@ class WeightQuantizer(Quantizer, WeightBase):
     ``w * gamma / sqrt(var + eps)`` (what a compiler deploys) and the result is unfolded,
     so the batch-norm stays a live op (trainable in QAT) while the weight error is that of
     the folded weight.
+
+    ``float_weight``: the float model's weight, where a weights transform (gptq, adaround)
+    wrote rounded values into the Sim's (`mixq.transforms.weights.write_weight`); switched
+    off, the quantizer gives it back, so a Sim with its quantizers off is the float model.
     """
 
     def __init__(self, point: QuantPoint, bn_eps: float | None = None, out_axis: int = 0) -> None:
@@ -171,6 +175,7 @@ class WeightQuantizer(Quantizer, WeightBase):
         self.out_axis = out_axis
         self._cache: tuple[tuple[Any, ...], torch.Tensor] | None = None
         self.sources: tuple[str | None, ...] = ()  # names of the weight (and batch-norm) tensors
+        self.float_weight: torch.Tensor | None = None
 
     def fold_scale(
         self, w: torch.Tensor, bn_weight: torch.Tensor | None, bn_var: torch.Tensor | None
@@ -206,7 +211,7 @@ class WeightQuantizer(Quantizer, WeightBase):
         bn_var: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if not self.enabled:
-            return w
+            return w if self.float_weight is None else self.float_weight
         if torch.is_grad_enabled() and w.requires_grad:
             self._cache = None
             return self._fake_quantize(w, bn_weight, bn_var)
