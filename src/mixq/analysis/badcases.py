@@ -162,14 +162,9 @@ class BadCases:
         return out / "badcase.txt"
 
 
-def hardest_rows(
-    runner: GraphRunner, batch: Any, metric: Metric, count: int, float_run: Any = None
-) -> list[int]:
-    """The ``count`` rows of ``batch`` on which the quantized model is worst (by ``metric``);
-    ``float_run``: the reference run, if not the Sim's with its quantizers off."""
-    if float_run is None:
-        float_run = runner.run(batch, enabled=())
-    quant_run = runner.run(batch)
+def hardest_rows(runner: GraphRunner, batch: Any, metric: Metric, count: int) -> list[int]:
+    """The ``count`` rows of ``batch`` on which the quantized model is worst (by ``metric``)."""
+    float_run, quant_run = runner.run(batch, enabled=()), runner.run(batch)
     outputs = compared_outputs(runner)
     ref = torch.cat([float_run[n].flatten(1) for _, n in outputs], dim=1)
     out = torch.cat([quant_run[n].flatten(1) for _, n in outputs], dim=1)

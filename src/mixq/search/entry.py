@@ -247,10 +247,7 @@ def _history(path: Any, resume: bool, trials: Trials, space: SearchSpace) -> Pat
 def _hard_batch(trials: Trials, batch: Any, count: int) -> Any:
     """The ``count`` rows of ``batch`` the cheapest plan gets most wrong."""
     sim = trials.sim(trials.space.uniform(0))
-    runner = make_runner(sim)
-    with trials.factory.weight_swap(sim).matching(()):  # the float model's weights
-        float_run = runner.run(batch, enabled=())
-    rows = hardest_rows(runner, batch, get_metric("mse"), count, float_run)
+    rows = hardest_rows(make_runner(sim), batch, get_metric("mse"), count)
     return sample_batch(batch, rows)
 
 

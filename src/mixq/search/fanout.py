@@ -27,7 +27,6 @@ from mixq.core.errors import ConfigError
 from mixq.search.candidates import Candidate
 from mixq.search.measure import nmse, outputs, own_quantizers
 from mixq.search.sims import SimFactory
-from mixq.search.weights import WeightSwap
 from mixq.sim.executors import Executor, Job
 from mixq.sim.torch.runner import make_runner
 
@@ -42,23 +41,22 @@ class SearchWorker:
     def __init__(self, payload: tuple[Any, ...]) -> None:
         packed, self.space, self.evaluator, self.batch = payload
         self.factory = SimFactory.unpack(packed)
-        self._last: tuple[str, Any, Any, Any, torch.Tensor, WeightSwap] | None = None
+        self._last: tuple[str, Any, Any, Any, torch.Tensor] | None = None
         self._all_on: tuple[str, float] | None = None  # plan key, error with every quantizer on
 
     def _sim(self, assignment: Assignment) -> Any:
         return self.factory.sim(self.space.plan(assignment))
 
-    def _context(self, assignment: Assignment) -> tuple[Any, Any, Any, torch.Tensor, WeightSwap]:
-        """The Sim of ``assignment``, its runner, the float run of the hard batch (float
-        weights), the float outputs and the Sim's weight switch (kept for the next task)."""
+    def _context(self, assignment: Assignment) -> tuple[Any, Any, Any, torch.Tensor]:
+        """The Sim of ``assignment``, its runner, the float run of the hard batch and the
+        float outputs (kept for the next task)."""
         key = self.space.key(assignment)
         if self._last is None or self._last[0] != key:
             self._last = None  # the previous plan's Sim and run go first
             sim = self._sim(assignment)
-            runner, swap = make_runner(sim), self.factory.weight_swap(sim)
-            with swap.matching(()):
-                float_run = runner.run(self.batch, enabled=())
-            self._last = (key, sim, runner, float_run, outputs(runner, float_run), swap)
+            runner = make_runner(sim)
+            float_run = runner.run(self.batch, enabled=())
+            self._last = (key, sim, runner, float_run, outputs(runner, float_run))
         return self._last[1:]
 
     def evaluate(self, assignment: Assignment) -> tuple[float, float]:
@@ -69,25 +67,20 @@ class SearchWorker:
 
     def error(self, assignment: Assignment, unit: str) -> float:
         """Output error with only ``unit``'s quantizers on (the rest recomputed from float)."""
-        sim, runner, float_run, ref, swap = self._context(assignment)
+        sim, runner, float_run, ref = self._context(assignment)
         own = own_quantizers(sim, self.space.units[unit])
-        if not own:
-            return 0.0
-        with swap.matching(own):
-            return nmse(ref, outputs(runner, runner.rerun(float_run, own)))
+        return nmse(ref, outputs(runner, runner.rerun(float_run, own))) if own else 0.0
 
     def harm(self, assignment: Assignment, unit: str) -> float:
         """How much the error with every quantizer on falls with ``unit``'s off."""
-        sim, runner, _, ref, swap = self._context(assignment)
+        sim, runner, _, ref = self._context(assignment)
         key = self.space.key(assignment)
         if self._all_on is None or self._all_on[0] != key:  # only the harm ranking needs it
             everything = runner.run(self.batch, enabled=list(sim.quantizers))
             self._all_on = (key, nmse(ref, outputs(runner, everything)))
         own = set(own_quantizers(sim, self.space.units[unit]))
         rest = [q for q in sim.quantizers if q not in own]
-        with swap.matching(rest):
-            run = runner.run(self.batch, enabled=rest)
-        return self._all_on[1] - nmse(ref, outputs(runner, run))
+        return self._all_on[1] - nmse(ref, outputs(runner, runner.run(self.batch, enabled=rest)))
 
 
 def open_worker(payload: tuple[Any, ...]) -> SearchWorker:

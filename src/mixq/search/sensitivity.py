@@ -5,8 +5,9 @@ on a batch of hard samples, and for every unit switches on only its own quantize
 output activation and its weights) -- recomputing just what they change. The error is the
 normalised MSE of the outputs, ``||y - y_q||^2 / ||y||^2`` (NNCF's ranking measure): it
 adds up over units to first order, which the integer program assumes. The float run has the
-float model's weights, also where a weights transform (gptq) rounded them in the Sim
-(`mixq.search.weights.WeightSwap`): a unit's error includes its rounded weights. Errors are made
+float model's weights, also where a weights transform (gptq) rounded them in the Sim (a
+weight quantizer switched off gives its float weight): a unit's error includes its rounded
+weights. Errors are made
 monotone along each unit's options (a dearer option never counts as worse), as ModelOpt does.
 
 `harm_in_context` ranks units in a given plan: the error reduction when only that unit's
@@ -62,14 +63,12 @@ def _errors_here(
     for cand in dict.fromkeys(c for _, c, _ in jobs):
         mine = [(a, u) for a, c, u in jobs if c == cand]
         sim = trials.sim(mine[0][0])
-        runner, swap = make_runner(sim), trials.factory.weight_swap(sim)
-        with swap.matching(()):
-            float_run = runner.run(batch, enabled=())
+        runner = make_runner(sim)
+        float_run = runner.run(batch, enabled=())
         ref = outputs(runner, float_run)
         for _, unit in progress_bar(mine, f"sensitivity at {cand}", disable=not progress):
             own = own_quantizers(sim, trials.space.units[unit])
-            with swap.matching(own):
-                out.append(nmse(ref, outputs(runner, runner.rerun(float_run, own))) if own else 0.0)
+            out.append(nmse(ref, outputs(runner, runner.rerun(float_run, own))) if own else 0.0)
     return out
 
 
@@ -106,15 +105,13 @@ def harm_in_context(
         names = [u.name for u in units]
         return dict(zip(names, harm_remote(trials, batch, assignment, names), strict=True))
     sim = trials.sim(assignment)
-    runner, swap = make_runner(sim), trials.factory.weight_swap(sim)
-    with swap.matching(()):
-        ref = outputs(runner, runner.run(batch, enabled=()))
+    runner = make_runner(sim)
+    ref = outputs(runner, runner.run(batch, enabled=()))
     everything = list(sim.quantizers)
     base = nmse(ref, outputs(runner, runner.run(batch, enabled=everything)))
     harm = {}
     for u in progress_bar(units, "ranking units", disable=not progress):
         own = set(own_quantizers(sim, u))
         rest = [q for q in everything if q not in own]
-        with swap.matching(rest):
-            harm[u.name] = base - nmse(ref, outputs(runner, runner.run(batch, enabled=rest)))
+        harm[u.name] = base - nmse(ref, outputs(runner, runner.run(batch, enabled=rest)))
     return harm

@@ -12,7 +12,7 @@ from typing import Any
 from mixq.core.quiet import quiet_dependencies
 from mixq.plan.plan import Plan
 from mixq.rules.resolve import Resolution
-from mixq.search.weights import WeightSwap, WeightTable, load_weights
+from mixq.search.weights import WeightTable, load_weights
 
 __all__ = ["SimFactory"]
 
@@ -78,13 +78,8 @@ class SimFactory:
         from mixq.sim.torch.sim import Sim
 
         sim = Sim(_copy_captured(self._captured), resolution)
-        load_weights(sim, self.weights)
+        load_weights(sim, self.weights, self._captured.module)
         return sim
-
-    def weight_swap(self, sim: Any) -> WeightSwap:
-        """The float / transformed switch of the weights this factory loaded into ``sim``."""
-        module = self._captured.module if self._captured is not None else None
-        return WeightSwap(sim, self.weights, module)
 
     def sim(self, plan: Plan) -> Any:
         """A Sim of ``plan`` with every activation range set, calibrating only when a

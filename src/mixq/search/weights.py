@@ -8,10 +8,11 @@ batch-norm's mean); `mixq.search.sims.SimFactory` loads them into every Sim it b
 the plan records the transforms, so ``mixq.quantize(model, x, result.plan, calib=...)``
 reproduces the weights the search scored.
 
-A Sim with those tensors loaded is no longer the float model when its quantizers are off: the
-rounded weights stay. What the search measures against the float model (each unit's error,
-the harm a unit does in a plan) runs under `WeightSwap.matching`, which puts the float tensors
-back wherever the op's weight quantizer is off -- else every int4 option would look free.
+Each loaded weight's quantizer keeps the float weight (``float_weight``), which it gives back
+when switched off: what the search measures against the float model (each unit's error, the
+harm a unit does in a plan) has the float weights there -- else every int4 option would look
+free. A bias or batch-norm mean a transform changed (``bias_correct``) has no switch: it
+stays, as in the Sim `mixq.quantize` builds.
 
 Example:
     >>> import torch, mixq
@@ -26,8 +27,6 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -37,7 +36,7 @@ from mixq.core.progress import progress_bar
 from mixq.core.qtypes import qtype
 from mixq.search.space import SearchSpace
 
-__all__ = ["WeightSwap", "WeightTable", "weight_table"]
+__all__ = ["WeightTable", "weight_table"]
 
 WeightTable = dict[tuple[str, str], dict[str, torch.Tensor]]  # (op, precision) -> tensors
 
@@ -73,57 +72,21 @@ def weight_table(
     return table
 
 
-def load_weights(sim: Any, table: WeightTable) -> None:
-    """Copy into ``sim`` the table's tensors of each layer at its weight precision."""
+def load_weights(sim: Any, table: WeightTable, float_module: nn.Module) -> None:
+    """Copy into ``sim`` the table's tensors of each layer at its weight precision; each
+    weight quantizer keeps its float weight (read from ``float_module``, the float model the
+    Sim was built from) for when it is switched off."""
     if not table:
         return
-    tensors = _tensors(sim.module)
+    tensors, floats = _tensors(sim.module), _tensors(float_module)
     with torch.no_grad():
         for point in sim.points:
             if point.kind == "weight":
+                quantizer = sim.quantizer(point.name)
                 for name, value in table.get((point.op, point.precision), {}).items():
+                    if name == quantizer.sources[0]:
+                        quantizer.float_weight = floats[name]
                     tensors[name].copy_(value)
-
-
-class WeightSwap:
-    """Switches a Sim's transformed tensors between their float and transformed values, per
-    weight quantizer, so that a quantizer off means the float model's weight.
-
-    Args:
-        sim: a Sim `load_weights` loaded ``table`` into.
-        table: the weight table.
-        float_module: the float model the Sim was built from (its tensors by the same names).
-    """
-
-    def __init__(self, sim: Any, table: WeightTable, float_module: nn.Module | None) -> None:
-        tensors = _tensors(sim.module) if table and float_module is not None else {}
-        floats = _tensors(float_module) if tensors and float_module is not None else {}
-        self._swaps: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
-        for point in sim.points if tensors else ():
-            values = table.get((point.op, point.precision), {}) if point.kind == "weight" else {}
-            if values:
-                self._swaps[point.name] = [(tensors[n], floats[n], v) for n, v in values.items()]
-        self._transformed = dict.fromkeys(self._swaps, True)  # the Sim's state per quantizer
-
-    @contextmanager
-    def matching(self, enabled: Iterable[str]) -> Iterator[None]:
-        """Within: transformed tensors where the weight quantizer is in ``enabled``, float ones
-        elsewhere (a run with those quantizers on, the rest of the model float); after:
-        transformed everywhere again, as the Sim was built."""
-        on = set(enabled)
-        try:
-            self._set({q: q in on for q in self._swaps})
-            yield
-        finally:
-            self._set(dict.fromkeys(self._swaps, True))
-
-    def _set(self, state: dict[str, bool]) -> None:
-        with torch.no_grad():
-            for q, transformed in state.items():
-                if self._transformed[q] != transformed:
-                    for tensor, float_value, value in self._swaps[q]:
-                        tensor.copy_(value if transformed else float_value)
-                    self._transformed[q] = transformed
 
 
 def _integer_weights(space: SearchSpace) -> list[str]:
